@@ -1,0 +1,1 @@
+"""One module per `warmstart` subcommand; each defines ``register(subparsers)``."""
