@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"warmstart.commands.{info.name}")
-        module.register(sub)
+        if hasattr(module, "register"):  # helper modules (common.py) register nothing
+            module.register(sub)
     return parser
 
 

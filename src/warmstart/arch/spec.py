@@ -1,0 +1,253 @@
+"""Architecture specs: which tensor plays which role, and which config fields give the shapes.
+
+Operations speak roles (``embed``, ``attn.q.weight`` of block 3, ``norm_mlp.bias``
+...), never raw tensor names, so one operation serves every family. A family is
+a declarative :class:`Family` in a file of its own (``llama.py``, ``gpt2.py``,
+``bert.py``); adding a family means adding one such file and listing it in
+``FAMILY_MODULES`` below.
+
+Role names
+----------
+Global roles: ``embed.weight``, ``pos_embed.weight``, ``type_embed.weight``,
+``embed_norm.{weight,bias}``, ``final_norm.{weight,bias}``, ``head.weight``,
+``head.bias``, ``pooler.{weight,bias}``.
+
+Block roles (per layer ``i``): ``attn.{q,k,v,o}.{weight,bias}`` or the fused
+``attn.qkv.{weight,bias}``, ``mlp.{gate,up,down}.{weight,bias}`` (``up`` is the
+input projection and ``down`` the output projection of a plain MLP too),
+``norm_attn.{weight,bias}`` and ``norm_mlp.{weight,bias}``: the norm in front
+of (pre-norm) or behind (post-norm) the attention and the MLP.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from warmstart.errors import CheckpointError, UnsupportedArchitecture
+
+FAMILY_MODULES = ("llama", "gpt2", "bert")
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The shapes a config fixes."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    max_positions: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Declarative description of one model family's checkpoint layout."""
+
+    name: str
+    model_types: tuple[str, ...]
+    global_roles: dict[str, str]  # role -> tensor name
+    block_roles: dict[str, str]  # role -> tensor name template with {i}
+    fields: dict[str, str]  # dims field -> config key
+    defaults: dict[str, Any] = field(default_factory=dict)  # config defaults of the transformers class
+    norm: str = "rms"  # "rms" or "layer"
+    norm_position: str = "pre"  # "pre" or "post"
+    fused_qkv: bool = False
+    conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D)
+    gated_mlp: bool = True
+    causal: bool = True
+    prefixes: tuple[str, ...] = ("",)  # accepted prefixes in front of every name
+    buffers: tuple[str, ...] = ()  # regexes of non-parameter tensors (position_ids, masks)
+    auto_class: str = "AutoModelForCausalLM"
+
+    # -- shapes -------------------------------------------------------------
+    def config_value(self, config: dict, key: str) -> Any:
+        name = self.fields.get(key, key)
+        if config.get(name) is not None:
+            return config[name]
+        return self.defaults.get(key)
+
+    def dims(self, config: dict, source: Any = "config.json") -> Dims:
+        def need(key: str) -> int:
+            value = self.config_value(config, key)
+            if value is None:
+                raise CheckpointError(f"config has no {self.fields.get(key, key)!r} (needed for {self.name})", source)
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"config field {self.fields.get(key, key)!r} is not an integer: {value!r}", source) from None
+
+        hidden = need("hidden")
+        heads = need("heads")
+        kv = self.config_value(config, "kv_heads")
+        kv_heads = int(kv) if kv is not None else heads
+        hd = self.config_value(config, "head_dim")
+        head_dim = int(hd) if hd is not None else hidden // heads
+        inter = self.config_value(config, "intermediate")
+        intermediate = int(inter) if inter is not None else 4 * hidden
+        tied = self.config_value(config, "tied")
+        tied = bool(tied) if tied is not None else False
+        maxpos = self.config_value(config, "max_positions")
+        return Dims(
+            layers=need("layers"), hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+            intermediate=intermediate, vocab=need("vocab"), tied=tied,
+            max_positions=int(maxpos) if maxpos is not None else None,
+        )
+
+    def set_dims(self, config: dict, **changes: Any) -> dict:
+        """A copy of `config` with some dims changed (e.g. layers=40)."""
+        out = dict(config)
+        for key, value in changes.items():
+            name = self.fields.get(key)
+            if name is None:
+                raise KeyError(f"{self.name} has no config field for {key}")
+            out[name] = value
+        return out
+
+    # -- names --------------------------------------------------------------
+    def tensor_name(self, role: str, layer: int | None = None, prefix: str = "") -> str:
+        if layer is None:
+            return prefix + self.global_roles[role]
+        return prefix + self.block_roles[role].format(i=layer)
+
+
+@dataclass(frozen=True)
+class TensorRole:
+    role: str
+    layer: int | None  # None for global roles
+
+
+class Layout:
+    """A checkpoint's tensors classified by role, under its family."""
+
+    def __init__(self, family: Family, names: list[str], source: Any = None):
+        self.family = family
+        self.roles: dict[str, TensorRole] = {}
+        self.unknown: list[str] = []
+        self.buffers: list[str] = []
+        self.prefix = self._detect_prefix(names)
+        p = re.escape(self.prefix)
+        globals_ = {p + re.escape(n) + "$": r for r, n in family.global_roles.items()}
+        blocks = []
+        for role, template in family.block_roles.items():
+            pattern = p + re.escape(template).replace(re.escape("{i}"), r"(\d+)") + "$"
+            blocks.append((re.compile(pattern), role))
+        buffer_res = [re.compile(b) for b in family.buffers]
+        for name in names:
+            found = None
+            for pattern, role in globals_.items():
+                if re.match(pattern, name):
+                    found = TensorRole(role, None)
+                    break
+            if found is None:
+                for rx, role in blocks:
+                    m = rx.match(name)
+                    if m:
+                        found = TensorRole(role, int(m.group(1)))
+                        break
+            if found is not None:
+                self.roles[name] = found
+            elif any(b.search(name) for b in buffer_res):
+                self.buffers.append(name)
+            else:
+                self.unknown.append(name)
+        self.by_role = {(r.role, r.layer): n for n, r in self.roles.items()}
+        self.source = source
+
+    def _detect_prefix(self, names: list[str]) -> str:
+        embed = self.family.global_roles["embed.weight"]
+        for prefix in self.family.prefixes:
+            if prefix + embed in names:
+                return prefix
+        return self.family.prefixes[0]
+
+    def name(self, role: str, layer: int | None = None) -> str | None:
+        return self.by_role.get((role, layer))
+
+    def has(self, role: str, layer: int | None = None) -> bool:
+        return (role, layer) in self.by_role
+
+    def layer_indices(self) -> list[int]:
+        return sorted({r.layer for r in self.roles.values() if r.layer is not None})
+
+    def block_roles_of(self, layer: int) -> dict[str, str]:
+        return {r.role: n for n, r in self.roles.items() if r.layer == layer}
+
+
+_FAMILIES: dict[str, Family] | None = None
+
+
+def families() -> dict[str, Family]:
+    """All families, by name (loaded once)."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        found = {}
+        for mod in FAMILY_MODULES:
+            family = importlib.import_module(f"warmstart.arch.{mod}").FAMILY
+            found[family.name] = family
+        _FAMILIES = found
+    return _FAMILIES
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for f in families().values() for t in f.model_types)
+
+
+def family_for_config(config: dict, source: Any = "config.json") -> Family:
+    model_type = config.get("model_type")
+    if not model_type:
+        raise UnsupportedArchitecture("config.json has no model_type", source)
+    for family in families().values():
+        if model_type in family.model_types:
+            return family
+    raise UnsupportedArchitecture(
+        f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported_model_types())}",
+        source,
+    )
+
+
+@dataclass
+class Model:
+    """A checkpoint together with its family, dims and role layout."""
+
+    checkpoint: Any
+    family: Family
+    dims: Dims
+    layout: Layout
+
+    @property
+    def config(self) -> dict:
+        return self.checkpoint.config
+
+
+def describe(checkpoint) -> Model:
+    """Classify an opened :class:`~warmstart.checkpoint.reader.Checkpoint`."""
+    cfg_path = checkpoint.path / "config.json"
+    family = family_for_config(checkpoint.config, cfg_path)
+    dims = family.dims(checkpoint.config, cfg_path)
+    layout = Layout(family, checkpoint.names(), checkpoint.path)
+    if not layout.has("embed.weight"):
+        raise CheckpointError(
+            f"no {family.global_roles['embed.weight']!r} tensor: not a {family.name} checkpoint?", checkpoint.path
+        )
+    # The head is tied when the checkpoint does not store it.
+    tied = dims.tied or (family.causal and not layout.has("head.weight"))
+    if tied != dims.tied:
+        dims = Dims(**{**dims.as_dict(), "tied": tied})
+    found_layers = layout.layer_indices()
+    if found_layers and found_layers != list(range(dims.layers)):
+        raise CheckpointError(
+            f"config says {dims.layers} layers but the weights hold blocks {found_layers[0]}..{found_layers[-1]}"
+            f" ({len(found_layers)} blocks)",
+            checkpoint.path,
+        )
+    return Model(checkpoint, family, dims, layout)

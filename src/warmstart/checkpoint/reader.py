@@ -1,0 +1,188 @@
+"""Lazy reader of Hugging Face model directories.
+
+Opening a checkpoint reads only config.json and the safetensors headers;
+tensor data is read one tensor at a time, on demand, through the safetensors
+library's memory map. So listing names, shapes and dtypes (``inspect``) costs
+no tensor reads and needs no torch import, and a 70B checkpoint can be
+processed on a small machine.
+
+Supported layouts: ``model.safetensors``; sharded safetensors with
+``model.safetensors.index.json``; and pickled ``pytorch_model.bin`` (sharded
+or not), read only with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from warmstart.checkpoint.safetensors_format import TensorInfo, read_header, safe_join
+from warmstart.errors import CheckpointError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+# Files copied along with the weights when a model is written back out.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+    "spiece.model", "sentencepiece.bpe.model",
+)
+
+
+def load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"missing {what}", path) from err
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt {what}: {err.msg} at line {err.lineno} column {err.colno}", path) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read {what}: {err}", path) from err
+
+
+class Checkpoint:
+    """A model directory opened lazily: config, tensor table, per-tensor reads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError("no such model directory", self.path)
+        if not self.path.is_dir():
+            raise CheckpointError("not a model directory (expected a folder with config.json)", self.path)
+        self.config: dict[str, Any] = load_json(self.path / "config.json", "config.json")
+        if not isinstance(self.config, dict):
+            raise CheckpointError("corrupt config.json: not a JSON object", self.path / "config.json")
+        self._handles: dict[Path, Any] = {}
+        self._bin_cache: dict[Path, dict[str, Any]] = {}
+        self.format, self.tensors = self._scan()
+
+    # -- discovery ---------------------------------------------------------
+    def _scan(self) -> tuple[str, dict[str, TensorInfo]]:
+        root = self.path
+        if (root / SAFETENSORS_INDEX).exists():
+            return "safetensors", self._scan_index(root / SAFETENSORS_INDEX, safetensors=True)
+        if (root / SAFETENSORS_SINGLE).exists():
+            infos, _ = read_header(root / SAFETENSORS_SINGLE)
+            return "safetensors", infos
+        if (root / BIN_INDEX).exists():
+            return "bin", self._scan_index(root / BIN_INDEX, safetensors=False)
+        if (root / BIN_SINGLE).exists():
+            return "bin", self._scan_bin(root / BIN_SINGLE, None)
+        raise CheckpointError(
+            f"no weights found (expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or {BIN_SINGLE})", root
+        )
+
+    def _scan_index(self, index_path: Path, safetensors: bool) -> dict[str, TensorInfo]:
+        index = load_json(index_path, "shard index")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError("corrupt shard index: no weight_map", index_path)
+        shards: dict[str, Path] = {}
+        for shard in dict.fromkeys(weight_map.values()):
+            if not isinstance(shard, str):
+                raise CheckpointError(f"corrupt shard index: shard name {shard!r} is not a string", index_path)
+            file = safe_join(self.path, shard, index_path)
+            if not file.is_file():
+                raise CheckpointError(f"shard index names a missing shard {shard!r}", index_path)
+            shards[shard] = file
+        infos: dict[str, TensorInfo] = {}
+        for shard, file in shards.items():
+            if safetensors:
+                found, _ = read_header(file)
+            else:
+                found = self._scan_bin(file, index_path)
+            for name, info in found.items():
+                if weight_map.get(name) != shard:
+                    continue  # tolerate extra tensors the index does not claim
+                infos[name] = info
+        missing = [n for n in weight_map if n not in infos]
+        if missing:
+            raise CheckpointError(
+                f"shard index lists tensor {missing[0]!r} in {weight_map[missing[0]]!r}, which does not hold it",
+                index_path,
+            )
+        return infos
+
+    def _scan_bin(self, file: Path, referrer: Path | None) -> dict[str, TensorInfo]:
+        state = self._load_bin(file)
+        from warmstart.checkpoint.dtypes import torch_to_code
+
+        infos = {}
+        for name, t in state.items():
+            code = torch_to_code(t.dtype)
+            infos[name] = TensorInfo(name, file, code, tuple(t.shape), -1, t.numel() * t.element_size())
+        return infos
+
+    def _load_bin(self, file: Path) -> dict[str, Any]:
+        """Read a pickled checkpoint safely: weights only, memory-mapped."""
+        if file in self._bin_cache:
+            return self._bin_cache[file]
+        import torch
+
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # torch raises many types for bad pickles
+            raise CheckpointError(f"cannot read pickled checkpoint safely (weights_only): {err}".splitlines()[0], file) from err
+        if not isinstance(state, dict):
+            raise CheckpointError("pickled checkpoint is not a state dict", file)
+        self._bin_cache[file] = state
+        return state
+
+    # -- access ------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"no tensor named {name!r}", self.path) from None
+
+    def get(self, name: str):
+        """Read one tensor into memory (a torch.Tensor)."""
+        info = self.info(name)
+        if self.format == "bin":
+            return self._load_bin(info.file)[name].contiguous()
+        handle = self._handles.get(info.file)
+        if handle is None:
+            from safetensors import safe_open
+
+            try:
+                handle = safe_open(str(info.file), framework="pt", device="cpu")
+            except Exception as err:
+                raise CheckpointError(f"cannot open safetensors file: {err}", info.file) from err
+            self._handles[info.file] = handle
+        return handle.get_tensor(name)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, offset, nbytes) of a tensor's raw data, when it can be copied as bytes."""
+        info = self.info(name)
+        if self.format != "safetensors":
+            return None
+        return info.file, info.offset, info.nbytes
+
+    def extra_files(self) -> list[Path]:
+        """Tokenizer and generation files that travel with the weights."""
+        names = TOKENIZER_FILES + ("generation_config.json",)
+        return [self.path / n for n in names if (self.path / n).is_file()]
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._bin_cache.clear()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, {len(self.tensors)} tensors)"

