@@ -161,3 +161,48 @@ def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: 
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, progress=progress, desc=desc,
         finish=finish, generation_config=generation_config,
     )
+
+
+class PlannedCheckpoint:
+    """A plan's output seen as a checkpoint, without writing it.
+
+    It answers names, shapes, dtypes and config like a real
+    :class:`~warmstart.checkpoint.reader.Checkpoint`, so the next operation
+    of a chain can be planned against it; :func:`compose` then makes the
+    chain read the original sources directly. ``get`` computes one tensor on
+    demand (for tests and in-memory use).
+    """
+
+    format = "planned"
+
+    def __init__(self, plan: Plan, config: dict, label: str = "<planned>"):
+        from pathlib import Path
+
+        from warmstart.checkpoint.safetensors_format import TensorInfo
+
+        self.plan = plan
+        self.config = config
+        self.path = Path(label)
+        self._steps = {s.name: s for s in plan.steps}
+        self.tensors = {
+            s.name: TensorInfo(s.name, self.path, s.dtype, tuple(s.shape), -1, 0) for s in plan.steps
+        }
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def info(self, name: str):
+        return self.tensors[name]
+
+    def get(self, name: str):
+        s = self._steps[name]
+        return s.fn(*(self.plan.sources[r.source].get(r.name) for r in s.inputs))
+
+    def byte_range(self, name: str):
+        return None
+
+    def extra_files(self) -> list:
+        return self.plan.sources[0].extra_files() if self.plan.sources else []
