@@ -31,8 +31,11 @@ DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exp")
 REST = "*"  # a phase length that fills the schedule up to its total
 
 
-class FieldError(ValueError):
-    """A single field value is wrong; the parser turns it into a positioned SpecError."""
+class FieldError(SpecError, ValueError):
+    """A single value is wrong; the string parser re-raises it with the token's position."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- field checks (shared by the string parser, from_dict and the constructors)
