@@ -178,27 +178,56 @@ def annealing_areas(eta: np.ndarray, steps: np.ndarray, warmup: int = 0, lam: fl
     return s1, s2
 
 
-def multi_power_ld(
-    eta: np.ndarray, steps: np.ndarray, warmup: int, C: float, beta: float, gamma: float, max_blocks: int = 4000
-) -> np.ndarray:
-    """The multi-power loss drop ``LD(s) / B`` at ``steps``.
+class _MultiPowerTerms:
+    """The parameter-free parts of the multi-power loss drop at fixed steps.
 
     Exact when the schedule has at most ``max_blocks`` lr changes; beyond
     that, consecutive drops between evaluation points are merged into blocks
     evaluated at their drop-weighted centre (a close approximation for smooth
     schedules).
     """
-    idx, dvals, reps = _drop_blocks(eta, steps, warmup, max_blocks)
-    if idx.size == 0:
-        return np.zeros(len(steps))
-    P = _prefix(eta)
-    e = np.maximum(eta[reps], 1e-12)
-    # x[j, k] = eta_k^-gamma * (S1(s_j) - S1(k)) for blocks ending at or before s_j
-    span = P[steps][:, None] - P[reps][None, :]
-    live = idx[None, :] <= steps[:, None]
-    x = np.where(live, np.maximum(span, 0.0), 0.0) * e[None, :] ** (-gamma)
-    g = 1.0 - (C * x + 1.0) ** (-beta)
-    return (np.where(live, g, 0.0) * dvals[None, :]).sum(axis=1)
+
+    def __init__(self, eta: np.ndarray, steps: np.ndarray, warmup: int, max_blocks: int = 4000):
+        idx, dvals, reps = _drop_blocks(eta, steps, warmup, max_blocks)
+        P = _prefix(eta)
+        # only the (step, drop) pairs with the drop before the step take part;
+        # keep them flat and sum per step with bincount
+        rows, cols = np.nonzero(idx[None, :] <= steps[:, None])
+        self.n = len(steps)
+        self.rows = rows
+        # span = S1(s) - S1(k): the lr area since drop k, up to step s
+        self.span = np.maximum(P[steps][rows] - P[reps][cols], 0.0)
+        self.drop = dvals[cols]
+        self.log_e = np.log(np.maximum(eta[reps], 1e-12))[cols]
+        self.empty = rows.size == 0
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.rows, weights=values, minlength=self.n)
+
+    def ld(self, C: float, beta: float, gamma: float, grad: bool = False):
+        """LD/B, and optionally its derivatives by (C, beta, gamma)."""
+        if self.empty:
+            z = np.zeros(self.n)
+            return (z, z, z, z) if grad else z
+        x = self.span * np.exp(-gamma * self.log_e)
+        u = C * x + 1.0
+        log_u = np.log(u)
+        u_b = np.exp(-beta * log_u)
+        ld = self._sum(self.drop * (1.0 - u_b))
+        if not grad:
+            return ld
+        dx = self.drop * beta * u_b / u * x  # drop * d(1 - u^-beta)/du * x
+        d_c = self._sum(dx)
+        d_beta = self._sum(self.drop * u_b * log_u)
+        d_gamma = self._sum(dx * -C * self.log_e)
+        return ld, d_c, d_beta, d_gamma
+
+
+def multi_power_ld(
+    eta: np.ndarray, steps: np.ndarray, warmup: int, C: float, beta: float, gamma: float, max_blocks: int = 4000
+) -> np.ndarray:
+    """The multi-power loss drop ``LD(s) / B`` at ``steps`` (see :class:`_MultiPowerTerms`)."""
+    return _MultiPowerTerms(eta, np.asarray(steps, dtype=np.int64), warmup, max_blocks).ld(C, beta, gamma)
 
 
 def _drop_blocks(eta, steps, warmup, max_blocks):
@@ -304,17 +333,16 @@ def fit_multi_power(lrs, steps, losses, warmup: int = 0, lr_scale=None) -> Fit:
 
     eta, steps, y, scale = _prepare(lrs, steps, losses, warmup, lr_scale)
     s1 = _prefix(eta)[steps]
-
-    def design(alpha, C, beta, gamma):
-        ld = multi_power_ld(eta, steps, warmup, C, beta, gamma)
-        return np.stack([np.ones_like(s1), _pow(s1, -alpha), -ld], axis=1)
+    log_s1 = np.log(np.maximum(s1, 1e-12))
+    terms = _MultiPowerTerms(eta, steps, warmup)
 
     starts = []
     for alpha in (0.2, 0.4, 0.7, 1.0):
+        power = _pow(s1, -alpha)
         for C in (0.1, 1.0, 10.0):
             for beta in (0.3, 0.6, 1.0):
                 for gamma in (0.2, 0.6):
-                    X = design(alpha, C, beta, gamma)
+                    X = np.stack([np.ones_like(s1), power, -terms.ld(C, beta, gamma)], axis=1)
                     coef, _ = nnls(X, y)
                     r = X @ coef - y
                     starts.append((float(r @ r), (alpha, C, beta, gamma), coef))
@@ -322,15 +350,22 @@ def fit_multi_power(lrs, steps, losses, warmup: int = 0, lr_scale=None) -> Fit:
 
     def resid(x):
         L0, A, alpha, B, C, beta, gamma = x
-        ld = multi_power_ld(eta, steps, warmup, C, beta, gamma)
-        return L0 + A * _pow(s1, -alpha) - B * ld - y
+        return L0 + A * _pow(s1, -alpha) - B * terms.ld(C, beta, gamma) - y
+
+    def jac(x):
+        L0, A, alpha, B, C, beta, gamma = x
+        power = _pow(s1, -alpha)
+        ld, d_c, d_beta, d_gamma = terms.ld(C, beta, gamma, grad=True)
+        return np.stack(
+            [np.ones_like(s1), power, -A * power * log_s1, -ld, -B * d_c, -B * d_beta, -B * d_gamma], axis=1
+        )
 
     lo = [-np.inf, 0.0, 1e-3, 0.0, 1e-6, 1e-3, 0.0]
     hi = [np.inf, np.inf, 5.0, np.inf, 1e6, 5.0, 1.5]
     best = None
     for _, (alpha, C, beta, gamma), (L0, A, B) in starts[:3]:
         x0 = np.array([L0, max(A, 1e-9), alpha, max(B, 0.0), C, beta, gamma])
-        res = least_squares(resid, x0, bounds=(lo, hi), x_scale="jac", max_nfev=400)
+        res = least_squares(resid, x0, jac=jac, bounds=(lo, hi), x_scale="jac", max_nfev=200)
         if best is None or res.cost < best.cost:
             best = res
     names = ("L0", "A", "alpha", "B", "C", "beta", "gamma")

@@ -1,0 +1,73 @@
+"""`warmstart schedule show|plot`: look at learning-rate schedules before training with them."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=_no_action, _parser=p)
+
+    show = actions.add_parser("show", help="print step and lr as a table")
+    show.add_argument("spec", help="schedule spec, e.g. 'peak=3e-4; warmup:linear:100 > decay:cosine:900' or a .yaml/.json file")
+    show.add_argument("--steps", type=int, default=None, help="rows up to this many steps (default: the schedule's length); also the total for a bare preset")
+    show.add_argument("--peak", type=float, default=None, help="peak lr (overrides the spec's peak=)")
+    show.add_argument("--every", type=int, default=1, help="print every K-th step (the last step is always printed)")
+    show.set_defaults(func=run)
+
+    plot = actions.add_parser("plot", help="draw several schedules on one figure")
+    plot.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs (or spec files)")
+    plot.add_argument("--steps", type=int, default=None, help="x range (default: the longest schedule); also the total for bare presets")
+    plot.add_argument("--peak", type=float, default=None, help="peak lr for every schedule (overrides peak=)")
+    plot.add_argument("--out", required=True, help="PNG file to write")
+    plot.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    plot.set_defaults(func=run)
+
+
+def _no_action(args) -> int:
+    args._parser.print_help()
+    return 2
+
+
+def run(args) -> int:
+    from warmstart.errors import WarmstartError
+    from warmstart.schedules.spec import resolve
+
+    if args.steps is not None and args.steps < 1:
+        raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
+    if args.peak is not None and not args.peak > 0:
+        raise WarmstartError(f"--peak must be > 0, got {args.peak}")
+
+    if args.action == "show":
+        if args.every < 1:
+            raise WarmstartError(f"--every must be at least 1, got {args.every}")
+        sched = resolve(args.spec, total=args.steps)
+        n = args.steps if args.steps is not None else sched.num_steps
+        print(format_table(sched, n, peak=args.peak, every=args.every))
+        return 0
+
+    from warmstart.schedules.plot import check_output, plot_schedules
+
+    out = check_output(args.out, args.force)
+    scheds = [resolve(spec, total=args.steps) for spec in args.specs]
+    n = args.steps if args.steps is not None else max(s.num_steps for s in scheds)
+    plot_schedules(scheds, args.specs, n, out, peak=args.peak)
+    print(f"wrote {out}")
+    return 0
+
+
+def format_table(sched, n: int, *, peak: float | None = None, every: int = 1) -> str:
+    """The `show` table: step, multiplier and (when a peak is known) lr."""
+    p = peak if peak is not None else sched.peak
+    steps = list(range(0, n, every))
+    if steps[-1] != n - 1:
+        steps.append(n - 1)
+    lines = [f"# {sched.with_peak(p).to_string()}"]
+    lines.append(f"{'step':>8}  {'multiplier':>12}" + (f"  {'lr':>12}" if p is not None else ""))
+    for s in steps:
+        m = sched.multiplier(s)
+        row = f"{s:>8}  {m:>12.6f}"
+        if p is not None:
+            row += f"  {p * m:>12.6g}"
+        lines.append(row)
+    return "\n".join(lines)
