@@ -348,7 +348,7 @@ def schedules(draw):
         assume(False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(schedules())
 def test_round_trip_property(sched):
     text = sched.to_string()

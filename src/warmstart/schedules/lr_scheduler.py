@@ -8,9 +8,12 @@ the step and the per-group peaks, and nothing else is needed to restore it.
 Peaks, in order of precedence:
 
 1. ``peak_lrs=`` given to the constructor (one float, or one per group);
-2. the spec's ``peak=``: the group with the largest current lr gets it and
-   the other groups keep their lr ratios to that group (all groups equal
-   if every lr is 0, e.g. an optimizer loaded from a run that decayed to zero);
+2. the spec's ``peak=``: the group with the largest base lr gets it and the
+   other groups keep their ratios to that group. The ratios come from the
+   groups' ``initial_lr`` when an earlier scheduler left one (it records the
+   configured base lrs; the current lrs of a finished run may all sit at the
+   same absolute floor), else from their current ``lr``; all groups get the
+   peak if those are all zero;
 3. each group's current ``lr``, as configured on a fresh optimizer.
 
 A stale ``initial_lr`` left in the param groups by an earlier scheduler (as
@@ -52,10 +55,14 @@ def resolve_peaks(optimizer: torch.optim.Optimizer, schedule: Schedule, peak_lrs
     current = [float(g["lr"]) for g in groups]
     if schedule.peak is None:
         return current
-    ref = max(current)
-    if ref <= 0.0:
-        return [schedule.peak] * len(groups)
-    return [schedule.peak * (c / ref) for c in current]
+    # Ratios between groups: an earlier scheduler's initial_lr records the
+    # configured base lrs (the current lrs may have been flattened, e.g. by
+    # an absolute eta_min); only its ratios are used, never its values.
+    for source in ([float(g["initial_lr"]) for g in groups] if all("initial_lr" in g for g in groups) else None, current):
+        if source is not None and max(source) > 0.0:
+            ref = max(source)
+            return [schedule.peak * (c / ref) for c in source]
+    return [schedule.peak] * len(groups)
 
 
 class ScheduleLR(LRScheduler):
