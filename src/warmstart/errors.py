@@ -39,3 +39,11 @@ class OutputExists(WarmstartError):
 
 class SpecError(WarmstartError):
     """A schedule, recipe or operation spec that does not parse or validate."""
+
+
+class ParamError(SpecError):
+    """A bad parameter of an operation; `param` names it, so a recipe can point at `steps[i].param`."""
+
+    def __init__(self, param: str, message: str, path: str | os.PathLike | None = None):
+        self.param = param
+        super().__init__(message, path)
