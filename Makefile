@@ -9,7 +9,6 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	# torch first, pinned: a CPU wheel is available locally; unpinned pulls a CUDA build.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[test]'
