@@ -20,8 +20,27 @@ def register(sub) -> None:
     p.add_argument("--no-source-cache", action="store_true",
                    help="always pretrain sources (by default a source trained earlier with the same settings is "
                         "reused from the cache; its cost is counted either way)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is faster on a machine busy with "
+                        "other work)")
+
+
+def set_threads(n) -> None:
+    from warmstart.errors import WarmstartError
+
+    if n is None:
+        return
+    if n < 1:
+        raise WarmstartError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def device_flag(value: str):
@@ -36,6 +55,7 @@ def run(args) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise WarmstartError(f"--seeds must be at least 1, got {args.seeds}")
     recipe = R.load(args.recipe)
+    set_threads(args.threads)
     results = run_bench(recipe, args.out, seeds=args.seeds, resume=args.resume, force=args.force,
                         progress=not args.quiet, cpu=device_flag(args.device),
                         source_cache=not args.no_source_cache)

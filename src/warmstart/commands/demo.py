@@ -1,0 +1,79 @@
+"""`warmstart demo`: the main job of `make demo`: prove the head start on a small model."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="pretrain, grow and race a small Llama against scratch; print the speedup",
+                       description="Inspect the real SmolLM2-135M checkpoint, then run the embedded demo recipe: "
+                                   "pretrain a small Llama on Shakespeare, grow it (hyperclone width x2, stack depth "
+                                   "x2), train it and a same-sized scratch model on the same budget, and print the "
+                                   "speedup table and the plot's path. A finished demo in --out is reused (its arms "
+                                   "are not retrained) unless --force.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 600)")
+    p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 600)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds (default 1); medians are reported")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="train on the CPU or an accelerator (default: an accelerator if present)")
+    p.add_argument("--force", action="store_true", help="retrain everything, replacing --out")
+    p.add_argument("--skip-inspect", action="store_true", help="do not fetch and inspect SmolLM2")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from warmstart.commands.bench import add_threads
+
+    add_threads(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from warmstart.bench import recipe as R
+    from warmstart.bench.demo import demo_recipe, smollm2_summary
+    from warmstart.bench.run import run_bench
+    from warmstart.commands.bench import device_flag, set_threads
+    from warmstart.errors import WarmstartError
+
+    for name in ("steps", "source_steps", "seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise WarmstartError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    set_threads(args.threads)
+    start = time.perf_counter()
+    if not args.skip_inspect:
+        from warmstart.assets import AssetUnavailable
+
+        print("== A real checkpoint: SmolLM2-135M-Instruct (warmstart inspect) ==")
+        try:
+            print(smollm2_summary())
+        except AssetUnavailable as err:
+            print(f"(SmolLM2 unavailable here: {err.line()})")
+        print()
+    recipe = R.parse(demo_recipe(args.steps, args.source_steps), "<demo recipe>")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume = not args.force and (out.exists() or (out.parent / f".{out.name}.partial").exists())
+    if resume:
+        print(f"(continuing the demo in {out}: finished arms are reused; --force retrains)")
+    print("== The head start: a grown model against scratch on the same budget ==")
+    results = run_bench(recipe, out, seeds=args.seeds, resume=resume, force=args.force, progress=not args.quiet,
+                        cpu=device_flag(args.device))
+    if results is None:  # a non-main process of a distributed launch
+        return 0
+    from warmstart.inspect import summarize
+
+    grown = out / "seed-0" / "grown" / "grown"
+    source = out / "seed-0" / "sources" / "small" / "final"
+    if grown.exists() and source.exists():
+        print("== The source before growth, and the grown start (warmstart inspect) ==")
+        for path in (source, grown):
+            s = summarize(path)
+            print(f"{path}: {s['layers']} layers, hidden {s['hidden']}, {s['heads']} heads, {s['kv_heads']} KV heads, "
+                  f"{s['parameters']:,} parameters")
+        print()
+    print((out / "report.md").read_text().replace("![eval loss curves](curves.png)", "").rstrip())
+    print()
+    print(f"plot: {out / 'curves.png'}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
