@@ -1,0 +1,151 @@
+"""A tiny recipe end to end through the CLI: outputs, FLOPs by hand, interruption and --resume, bad corpora."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from warmstart.cli import main
+
+WORDS = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
+
+# Tiny Llamas: target hidden 16 x 2 layers; sources 16 x 1 (stacked to 2) and 16 x 2 (continued).
+TARGET = {"hidden": 16, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 32, "seq_len": 16,
+          "tie_embeddings": False}
+SOURCE = {k: v for k, v in TARGET.items() if k != "seq_len"}  # sources train on the target's windows
+STEPS, BATCH, SEQ = 12, 4, 16
+
+
+def recipe(corpus) -> dict:
+    return {
+        "name": "tiny",
+        "corpus": [str(corpus)],
+        "tokenizer": {"vocab_size": 300},
+        "heldout": 0.1,
+        "model": TARGET,
+        "train": {"steps": STEPS, "batch_size": BATCH, "lr": 1.0e-2, "eval_every": 4, "eval_batches": 2,
+                  "checkpoint_every": 3, "schedule": "cosine(warmup=2, min_ratio=0.1)"},
+        "sources": {
+            "one": {"model": {**SOURCE, "layers": 1}, "steps": 8},
+            "same": {"model": SOURCE, "steps": 8},
+        },
+        "arms": [
+            {"name": "scratch"},
+            {"name": "stacked", "source": "one", "grow": {"op": "stack", "layers": 2}},
+            {"name": "cont", "source": "same", "schedule": "constant", "lr": 3.0e-3},
+        ],
+    }
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for d in range(3):
+        (corpus / f"doc{d}.txt").write_text(
+            "".join(" ".join(rng.choice(WORDS, size=8)) + ".\n" for _ in range(150)))
+    data = recipe(corpus)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return tmp_path, path
+
+
+def n_flops(hidden, layers, heads, kv, inter, vocab):
+    """6ND's N by hand: blocks, final norm and the untied head (the input embedding left out)."""
+    hd = hidden // heads
+    block = hidden * hidden * 2 + 2 * hidden * kv * hd + 3 * hidden * inter + 2 * hidden
+    return layers * block + hidden + vocab * hidden
+
+
+def test_tiny_recipe_interrupted_then_resumed(setup, monkeypatch, capsys):
+    tmp, path = setup
+    out = tmp / "out"
+    import warmstart.bench.train as T
+
+    real_train = T.train
+
+    def interrupting(*args, **kw):
+        if kw.get("desc", "").startswith("stacked"):
+            def stop(row):
+                if row["step"] == 7:
+                    raise KeyboardInterrupt
+            kw["on_step"] = stop
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(T, "train", interrupting)
+    assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 130
+    partial = tmp / ".out.partial"
+    assert partial.is_dir() and not out.exists()
+    scratch_log = partial / "seed-0" / "arms" / "scratch" / "log.jsonl"
+    stamp = scratch_log.stat().st_mtime_ns
+
+    # Without --resume the interrupted run is neither clobbered nor ignored.
+    monkeypatch.setattr(T, "train", real_train)
+    capsys.readouterr()
+    assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    calls = []
+
+    def spying(*args, **kw):
+        result = real_train(*args, **kw)
+        calls.append((kw["desc"], result.resumed_from))
+        return result
+
+    monkeypatch.setattr(T, "train", spying)
+    assert main(["bench", str(path), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert not partial.exists() and out.is_dir()
+    assert (out / "seed-0" / "arms" / "scratch" / "log.jsonl").stat().st_mtime_ns == stamp  # finished: untouched
+    resumed = dict(calls)
+    assert resumed["stacked s0"] == 6  # its last resume state (every 3 steps) before the stop at 7
+    stacked = [json.loads(x) for x in (out / "seed-0" / "arms" / "stacked" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in stacked] == list(range(STEPS + 1))
+
+    # Outputs.
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| stacked |" in report and "| cont |" in report and "Source `one`" in report
+    res = json.loads((out / "results.json").read_text())
+    seed = res["per_seed"][0]
+    vocab = res["data"]["vocab_size"]
+    assert vocab == 300
+    tokens = STEPS * BATCH * SEQ
+    n = n_flops(16, 2, 2, 1, 32, vocab)
+    assert seed["arms"]["scratch"]["total_flops"] == pytest.approx(6 * n * tokens)
+    assert seed["sources"]["one"]["flops"] == pytest.approx(6 * n_flops(16, 1, 2, 1, 32, vocab) * 8 * BATCH * SEQ)
+    # The target is scratch's last eval loss, read back from its log.
+    scratch_rows = [json.loads(x) for x in (out / "seed-0" / "arms" / "scratch" / "log.jsonl").read_text().splitlines()]
+    assert seed["target"] == scratch_rows[-1]["eval_loss"]
+    st = seed["arms"]["stacked"]
+    if st["to_target"]["flops"] != "inf":
+        ref = seed["reference_cost"]["flops"]
+        assert st["fraction_with_source"]["flops"] == pytest.approx(
+            (st["to_target"]["flops"] + seed["sources"]["one"]["flops"]) / ref)
+    # The continued arm starts from the source's own final model: same first eval loss.
+    assert seed["arms"]["cont"]["first_eval_loss"] == pytest.approx(seed["sources"]["same"]["final_eval_loss"],
+                                                                     abs=1e-5)
+
+    # An existing output is refused without --force.
+    assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 2
+
+
+def test_missing_and_empty_corpus(setup, capsys):
+    tmp, path = setup
+    data = yaml.safe_load(path.read_text())
+    data["corpus"] = [str(tmp / "no-such-file.txt")]
+    bad = tmp / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["bench", str(bad), "--out", str(tmp / "o1"), "--quiet"]) == 2
+    assert "corpus file does not exist" in capsys.readouterr().err
+    (tmp / "blank.txt").write_text("\n \n")
+    data["corpus"] = [str(tmp / "blank.txt")]
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["bench", str(bad), "--out", str(tmp / "o2"), "--quiet"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert not (tmp / "o1").exists() and not (tmp / "o2").exists()
+    assert not list(tmp.glob(".o*"))
