@@ -129,6 +129,13 @@ def _load(path: Path, family):
     return model
 
 
+def load(path: str | Path):
+    """A model directory loaded for comparison: fp32, eval mode, the family's Auto class, no remote code."""
+    from warmstart.arch import open_model
+
+    return _load(Path(path), open_model(path).family)
+
+
 def _tokenizer(src: Path, dst: Path):
     from transformers import AutoTokenizer
 
@@ -143,8 +150,6 @@ def _tokenizer(src: Path, dst: Path):
 def compare(source: str | Path, grown: str | Path, *, text: str | None = None, max_tokens: int = 128,
             tokenizer=None) -> VerifyReport:
     """Run both models on `text` and measure how far the grown one is from the source."""
-    import torch
-
     from warmstart.arch import open_model
 
     source, grown = Path(source), Path(grown)
@@ -165,11 +170,20 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
     if a_info.dims.max_positions:
         limit = min(limit, a_info.dims.max_positions)
     a, b = _load(source, family), _load(grown, family)
-    enc = tok(text, return_tensors="pt", truncation=True, max_length=limit)
+    return compare_models(a, b, tok, text, causal=family.causal, max_tokens=limit, source=str(source),
+                          grown=str(grown), family=family.name)
+
+
+def compare_models(a, b, tok, text: str, *, causal: bool, max_tokens: int = 128, source: str = "source",
+                   grown: str = "grown", family: str = "") -> VerifyReport:
+    """The comparison itself, on two loaded transformers models sharing the tokenizer `tok`."""
+    import torch
+
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens)
     ids = enc["input_ids"]
-    report = VerifyReport(str(source), str(grown), family.name, family.causal, int(ids.shape[1]))
+    report = VerifyReport(source, grown, family, causal, int(ids.shape[1]))
     with torch.no_grad():
-        if family.causal:
+        if causal:
             la = a(input_ids=ids).logits[0].float()
             lb = b(input_ids=ids).logits[0].float()
             diff = (la - lb).abs().max().item()
@@ -190,8 +204,8 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
                 report.max_abs = d
                 report.max_rel = d / ha.abs().max().item()
             sentences = split_sentences(text)
-            sa = similarity(a, tok, sentences, limit)
-            sb = similarity(b, tok, sentences, limit)
+            sa = similarity(a, tok, sentences, max_tokens)
+            sb = similarity(b, tok, sentences, max_tokens)
             report.sentences = len(sentences)
             report.similarity_max_diff = (sa - sb).abs().max().item()
     return report

@@ -108,7 +108,11 @@ def run(args) -> int:
 
 
 def print_verify(source, out) -> int:
+    import transformers
+
     from warmstart.verify import compare
+
+    transformers.utils.logging.disable_progress_bar()
 
     report = compare(source, out)
     for line in report.lines():

@@ -21,8 +21,12 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    import transformers
+
     from warmstart.errors import WarmstartError
     from warmstart.verify import TOLERANCE, compare
+
+    transformers.utils.logging.disable_progress_bar()  # one line per figure, no loading bars
 
     text = None
     if args.text is not None:
