@@ -279,13 +279,8 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
 
     stored = work / "recipe.json"
     mine = recipe.to_dict()
-    mine.pop("seeds", None)
     if stored.exists():
-        theirs = json.loads(stored.read_text())
-        theirs.pop("seeds", None)
-        if theirs != mine:
-            raise WarmstartError("the recipe differs from the one this run was started with (use --force to start "
-                                 "over)", work)
+        _compatible(json.loads(stored.read_text()), mine, work)
 
     # Data first: a corpus problem should stop the run before anything is written.
     if acc.is_main_process:
@@ -309,7 +304,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / ".recipe.json.partial"
-        tmp.write_text(json.dumps({**mine, "seeds": seeds}, indent=2))
+        tmp.write_text(json.dumps({**mine, "seeds": seeds, "arms": _all_arms(stored, mine)}, indent=2))
         os.replace(tmp, stored)
     acc.wait_for_everyone()
     say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
@@ -350,6 +345,31 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
         results = json.loads((final / "results.json").read_text())
     acc.wait_for_everyone()
     return results
+
+
+def _compatible(theirs: dict, mine: dict, work: Path) -> None:
+    """A resumed run may add arms, seeds or change the target; everything already trained must be unchanged."""
+    loose = ("seeds", "arms", "target", "name")
+    a = {k: v for k, v in theirs.items() if k not in loose}
+    b = {k: v for k, v in mine.items() if k not in loose}
+    if a != b:
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise WarmstartError(f"the recipe's {', '.join(keys)} differ from the run being resumed (use --force to start "
+                             "over)", work)
+    old = {arm["name"]: arm for arm in theirs.get("arms", [])}
+    for i, arm in enumerate(mine.get("arms", [])):
+        if arm["name"] in old and old[arm["name"]] != arm:
+            raise WarmstartError(f"arms[{i}] ({arm['name']}) differs from the arm of that name in the run being "
+                                 "resumed (rename it or use --force)", work)
+
+
+def _all_arms(stored: Path, mine: dict) -> list:
+    """Arms trained so far plus this recipe's: a later resume must still match all of them."""
+    arms = list(mine.get("arms", []))
+    if stored.exists():
+        names = {a["name"] for a in arms}
+        arms += [a for a in json.loads(stored.read_text()).get("arms", []) if a["name"] not in names]
+    return arms
 
 
 def _tokenizer_path(recipe: Recipe):
