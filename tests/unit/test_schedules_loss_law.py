@@ -82,6 +82,8 @@ def test_schedules_match_hand_formulas():
 def write_log(tmp_path, steps, losses, lrs, name="run.jsonl"):
     path = tmp_path / name
     with open(path, "w") as fh:
+        # the project's training loop starts with an evaluation before any update
+        fh.write(json.dumps({"step": 0, "tokens": 0, "lr": lrs[0], "train_loss": None, "eval_loss": 7.5}) + "\n")
         for s, loss in zip(steps, losses):
             fh.write(json.dumps({"step": int(s), "tokens": int(s) * 4096, "lr": lrs[s - 1], "train_loss": loss + 0.01, "eval_loss": loss}) + "\n")
     return path

@@ -42,7 +42,6 @@ def run(args) -> int:
 
 
 def format_report(pred) -> str:
-    used = len(pred.fit_steps)
     lines = [
         f"log: {pred.log.path} ({pred.log.loss_key}, {len(pred.log.steps)} rows; "
         f"lr matches --fit-schedule with peak {pred.fit_peak:.6g})",
@@ -52,6 +51,6 @@ def format_report(pred) -> str:
         params = " ".join(f"{k}={v:.4g}" for k, v in fit.params.items())
         lines.append(f"{fit.law:<12} {fit.rmse:>10.4g}  {params}")
     n = int(pred.steps.max())
-    lines.append(f"using the {pred.best.law} law (lower fit error); fitted curve over {used} steps shown in the plot")
+    lines.append(f"using the {pred.best.law} law (lower fit error on {pred.fit_points} logged losses after the warmup)")
     lines.append(f"predicted final loss after {n} steps of {pred.target.with_peak(pred.target_peak).to_string()}: {pred.final_loss:.4f}")
     return "\n".join(lines)

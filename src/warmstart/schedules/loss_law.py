@@ -399,6 +399,7 @@ class Prediction:
     losses: np.ndarray
     fit_steps: np.ndarray  # the fitted law over the logged run
     fit_losses: np.ndarray
+    fit_points: int = 0  # logged losses the laws were fitted to
 
     @property
     def best(self) -> Fit:
@@ -491,7 +492,8 @@ def predict(
     curve_steps = curve_steps[curve_steps > warm]
     fit_curve = fits[0].predict(lrs, curve_steps, warm)
     return Prediction(
-        log, fit_schedule, target, peak, float(target_peak), offset, fits, t_steps, losses, curve_steps, fit_curve
+        log, fit_schedule, target, peak, float(target_peak), offset, fits, t_steps, losses, curve_steps, fit_curve,
+        fit_points=int((fit_steps > warm).sum()),
     )
 
 
