@@ -10,6 +10,14 @@ import torch
 from warmstart.merge.memory import merge_state_dicts
 from warmstart.merge.methods import MergeError, resolve, wsm_coefficients
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 def test_mean_coefficients():
     assert resolve("mean", 4).values == [0.25] * 4
