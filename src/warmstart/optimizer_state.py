@@ -93,7 +93,10 @@ def _load_torch(path: Path) -> OptimizerState:
     from warmstart.checkpoint.dtypes import torch_to_code
 
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped where the file format allows, so moments are read on demand
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad or unsafe pickles
         raise WarmstartError(f"cannot read optimizer state safely (weights_only): {err}".splitlines()[0], path) from err
     if not isinstance(raw, dict):
@@ -203,12 +206,22 @@ def plan_carry(model, steps: list[tuple[str, dict]], state: OptimizerState) -> C
     return plan
 
 
-def write_carry(directory: Path, plan: CarryPlan) -> Path:
+def write_carry(directory: Path, plan: CarryPlan, progress: bool = False) -> Path:
     """Write the carried state as OUTPUT_NAME into `directory` (streaming, one tensor at a time)."""
     from warmstart.checkpoint.writer import write_shard
 
     path = Path(directory) / OUTPUT_NAME
-    write_shard(path, plan.tensors)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, desc="optimizer state",
+                   leave=False)
+    try:
+        write_shard(path, plan.tensors, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     return path
 
 

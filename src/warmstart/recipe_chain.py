@@ -96,7 +96,7 @@ def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]],
         if carry is not None:
             from warmstart.optimizer_state import write_carry
 
-            write_carry(tmp, carry)
+            write_carry(tmp, carry, progress)
 
     report = execute(plan, out, config=config, copy_files=model.checkpoint.extra_files(), force=force,
                      max_shard_bytes=max_shard_bytes, progress=progress, desc="writing", finish=finish)
