@@ -105,8 +105,9 @@ def _grow(model, method: str, *, hidden, intermediate, heads, kv_heads, mult, no
                      "divided by the copy count")
     else:
         exact = False
-        notes.append(f"approximate: {model.family.norm}-norm statistics over the unevenly copied hidden units differ "
-                     "from the source's; measure the difference with warmstart verify")
+        norm = {"rms": "RMSNorm", "layer": "LayerNorm"}.get(model.family.norm, model.family.norm)
+        notes.append(f"approximate: {norm} statistics over the unevenly copied hidden units differ from the "
+                     "source's; measure the difference with warmstart verify")
     if noise is not None:
         notes.append(f"noise at {noise:g} dB SNR (seed {seed}) added in +/- pairs across the copies of each input "
                      "unit; it cancels over the copies")
