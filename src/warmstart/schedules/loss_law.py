@@ -24,7 +24,8 @@ same scale. Drops inside the leading warmup are not counted (the warmup
 raises the lr; neither paper models it as annealing), so both laws start
 counting drops at the end of the first warmup.
 
-Fitting uses :func:`scipy.optimize.least_squares` with bounds, started from
+Fitting uses :func:`scipy.optimize.least_squares` with bounds (L0 >= 0: a
+cross-entropy floor cannot be negative), started from
 the best points of a grid over the nonlinear exponents where the linear
 coefficients come from non-negative least squares (variable projection);
 the law with the lower fit RMSE is the one used for prediction.
@@ -318,7 +319,7 @@ def fit_annealing(lrs, steps, losses, warmup: int = 0, lam: float = 0.999, lr_sc
     for _, alpha, (L0, A, C) in starts[:4]:
         x0 = np.array([L0, max(A, 1e-9), alpha, max(C, 0.0)])
         res = least_squares(
-            resid, x0, bounds=([-np.inf, 0.0, 1e-3, 0.0], [np.inf, np.inf, 5.0, np.inf]), x_scale="jac"
+            resid, x0, bounds=([0.0, 0.0, 1e-3, 0.0], [np.inf, np.inf, 5.0, np.inf]), x_scale="jac"
         )
         if best is None or res.cost < best.cost:
             best = res
@@ -360,7 +361,7 @@ def fit_multi_power(lrs, steps, losses, warmup: int = 0, lr_scale=None) -> Fit:
             [np.ones_like(s1), power, -A * power * log_s1, -ld, -B * d_c, -B * d_beta, -B * d_gamma], axis=1
         )
 
-    lo = [-np.inf, 0.0, 1e-3, 0.0, 1e-6, 1e-3, 0.0]
+    lo = [0.0, 0.0, 1e-3, 0.0, 1e-6, 1e-3, 0.0]
     hi = [np.inf, np.inf, 5.0, np.inf, 1e6, 5.0, 1.5]
     best = None
     for _, (alpha, C, beta, gamma), (L0, A, B) in starts[:3]:
