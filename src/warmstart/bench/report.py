@@ -153,8 +153,10 @@ def markdown(recipe, results: dict) -> str:
     lines.append("")
     ref = recipe.target.arm
     if recipe.target.loss is None:
-        lines.append(f"**Target**: the `{ref}` arm's final eval loss, **{_fmt(s['target'])}**. "
-                     f"Time to target is {results['mode']} between evaluations (every {recipe.train.eval_every} steps).")
+        how = ("interpolated linearly between evaluations" if results["mode"] == "interpolate"
+               else "that of the first evaluation at or below it")
+        lines.append(f"**Target**: the `{ref}` arm's final eval loss, **{_fmt(s['target'])}**. Time to target is "
+                     f"{how} (every {recipe.train.eval_every} steps).")
     else:
         lines.append(f"**Target**: eval loss {_fmt(s['target'])} (fixed in the recipe).")
     lines.append("")
@@ -188,7 +190,7 @@ def markdown(recipe, results: dict) -> str:
     if best is None:
         lines.append("No warm arm to compare.")
     else:
-        verdict = "meets" if frac <= TARGET_FRACTION else "does not meet"
+        verdict = "meets" if results["best"]["meets_goal"] else "does not meet"
         lines.append(f"**Best warm arm: `{best}`**, reaching the target with {_pct(frac)} of scratch's FLOPs, source "
                      f"counted: it {verdict} the goal of at most {TARGET_FRACTION:.0%}.")
     flagged = [n for n, a in s["arms"].items() if "starts_below" in a["flags"]]

@@ -160,6 +160,7 @@ def _grow(ctx: Context, index: int, start: Path, seed: int) -> Path:
     out = ctx.work / f"seed-{seed}" / "grown" / arm.name
     if (out / "config.json").exists():
         return out
+    ctx.say(f"arm {arm.name} (seed {seed}): growing {' > '.join(op for op, _ in grow_chain(arm))}")
     model = open_model(start)
     seeded = ArmSpec.model_validate({**arm.model_dump(exclude={"grow_single"}),
                                      "grow": [{"op": op, **_with_seed(p, op, seed)} for op, p in grow_chain(arm)]})
@@ -216,7 +217,6 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
     if start is None:
         model = r.model.hf_config(main.vocab_size, r.model.seq_len)
     elif arm.grow:
-        ctx.say(f"arm {arm.name} (seed {seed}): growing {' > '.join(op for op, _ in grow_chain(arm))}")
         model = _grow(ctx, index, start, seed)
     else:
         model = start

@@ -156,7 +156,8 @@ def build_model(model, seed: int):
         path = Path(model)
         if not (path / "config.json").is_file():
             raise WarmstartError("not a model directory (no config.json)", path)
-        return tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        with _quiet():
+            return tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     if isinstance(model, dict):
         cfg = dict(model)
         model_type = cfg.pop("model_type", "llama")
