@@ -40,7 +40,10 @@ def _no_leftovers(out: Path) -> None:
 
 def test_mean_of_identical_checkpoints_is_the_checkpoint_bitwise(tmp_path, tiny_model):
     out = tmp_path / "out"
-    assert main(["merge", str(out), str(tiny_model), str(tiny_model), str(tiny_model), "--quiet"]) == 0
+    threads = torch.get_num_threads()
+    assert main(["merge", str(out), str(tiny_model), str(tiny_model), str(tiny_model), "--quiet",
+                 "--threads", "2"]) == 0
+    assert torch.get_num_threads() == threads  # the merge's thread setting is undone
     a, b = _tensors(out), _tensors(tiny_model)
     assert a.keys() == b.keys()
     for n in a:
@@ -176,7 +179,8 @@ def _with_tokenizer(path: Path, chars: str) -> Path:
 def test_different_tokenizers_refused(tmp_path, three, capsys):
     _with_tokenizer(three[0], "?abcdefgh ")
     _with_tokenizer(three[1], "?abcdefgx ")
-    _bad([three[0], three[1]], tmp_path / "out", capsys, str(three[1]), "different tokenizer", "'x'")
+    _bad([three[0], three[1]], tmp_path / "out", capsys, str(three[1]), "different tokenizer",
+         "id 8 is 'x' here, 'h' there")
     # The same vocabulary with other settings is accepted, and the first one's tokenizer travels along.
     _with_tokenizer(three[1], "?abcdefgh ")
     data = json.loads((three[1] / "tokenizer.json").read_text())

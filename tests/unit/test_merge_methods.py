@@ -221,3 +221,15 @@ def test_merge_modules_loads_the_result():
     merged = merge_modules(mods, "weighted", weights=[0.25, 0.75])
     assert torch.allclose(merged.weight, 0.25 * mods[0].weight + 0.75 * mods[1].weight, atol=1e-7)
     assert merged is not mods[0] and not torch.equal(mods[0].weight, merged.weight)
+
+
+def test_finite_check_has_no_false_alarm_on_overflowing_sums():
+    from warmstart.merge.combine import all_finite
+
+    big = torch.full((4,), 3e38)  # finite, but the sum overflows to inf
+    assert all_finite(torch.tensor([1.0, 2.0])) and all_finite(big)
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
+    assert not all_finite(torch.tensor([1.0, float("inf")], dtype=torch.bfloat16))
+    out = merge_state_dicts([{"w": big}, {"w": big}])
+    assert torch.equal(out["w"], big)

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--fisher-batches", type=int, metavar="N", help="fisher: batches of that text (default 8)")
     p.add_argument("--fisher-batch-size", type=int, default=4, help="fisher: sequences per batch (default 4)")
     p.add_argument("--fisher-seq-len", type=int, default=128, help="fisher: tokens per sequence (default 128)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the arithmetic (default 1: the merge is bound by memory and reads; "
+                        "0: torch's default)")
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -61,7 +64,7 @@ def run(args) -> int:
         fisher_data=args.fisher_data, fisher_batches=args.fisher_batches,
         fisher_options={"batch_size": args.fisher_batch_size, "seq_len": args.fisher_seq_len},
         dtype=args.dtype, force=args.force, max_shard_bytes=parse_size(args.max_shard_size),
-        progress=not args.quiet,
+        progress=not args.quiet, threads=args.threads or None,
     )
     coeffs = ", ".join(f"{c:.6g}" for c in report.coefficients)
     label = "lambdas" if report.method == "fisher" else "coefficients"

@@ -17,8 +17,10 @@ def _reader(t, label: str, name: str):
     def read():
         import torch
 
+        from warmstart.merge.combine import all_finite
+
         x = t.detach()
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        if x.is_floating_point() and not all_finite(x):
             bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
             raise MergeError(f"{label}: tensor {name!r} holds {bad} values")
         return x.clone()

@@ -106,8 +106,10 @@ class ReaderSource:
         def read():
             import torch
 
+            from warmstart.merge.combine import all_finite
+
             t = self.tensors.read(name)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and not all_finite(t):
                 bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
                 raise MergeError(f"tensor {name!r} holds {bad} values", self.label)
             if self.what == "fisher" and bool((t < 0).any()):
@@ -161,10 +163,10 @@ def _tokenizer_mismatch(first: Checkpoint, other: Checkpoint) -> str | None:
         if va is None or vb is None:
             return f"tokenizer.json differs from {ta} and its vocabulary cannot be read"
         if va != vb:
-            only = sorted(set(vb.items()) ^ set(va.items()), key=lambda kv: kv[1])
-            tok, idx = only[0]
+            ida, idb = {i: t for t, i in va.items()}, {i: t for t, i in vb.items()}
+            i = min(k for k in set(ida) | set(idb) if ida.get(k) != idb.get(k))
             return (f"different tokenizer: {len(vb)} tokens here, {len(va)} in {first.path} "
-                    f"(first difference: token {tok!r} with id {idx})")
+                    f"(first difference: id {i} is {idb.get(i)!r} here, {ida.get(i)!r} there)")
         return None
     for name in ("vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model"):
         fa, fb = first.path / name, other.path / name
@@ -239,11 +241,17 @@ def merge_checkpoints(
     force: bool = False,
     max_shard_bytes: int | None = None,
     progress: bool = False,
+    threads: int | None = 1,
 ) -> MergeReport:
     """Merge the checkpoint directories `inputs` (oldest first for ema/wsm) into `out`.
 
     `dtype` ('fp32', 'fp16', 'bf16') casts floating outputs; by default each
     tensor keeps the first input's dtype. Sums are accumulated in fp32.
+    `threads`: torch's intra-op threads during the merge (restored after;
+    None keeps torch's setting). The arithmetic is a few elementwise passes
+    per tensor, bound by memory and reads, so one thread is the default: on
+    a loaded 2-core machine two threads made the same merge several times
+    slower (docs/merge.md).
     """
     from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
     from warmstart.checkpoint.writer import check_output, write_json
@@ -329,11 +337,17 @@ def merge_checkpoints(
     def finish(tmp: Path) -> None:
         write_json(tmp / "merge.json", record)
 
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
     try:
         report = execute(plan, out, config=config, copy_files=copy_files, force=force,
                          max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merging ({method})",
                          finish=finish)
     finally:
+        torch.set_num_threads(before)
         for f in files:
             f.close()
     return MergeReport(Path(out), method, values, [c.path for c in ckpts], list(coeffs.notes),
