@@ -1,11 +1,12 @@
 """Transplant time for a 50k-token vocabulary on SmolLM2-135M, per method, aux-embedding training reported apart.
 
 A 50,000-token byte-level BPE (SmolLM2's kind) is trained on the Python
-standard library; SmolLM2 (49,152 tokens) is moved onto it with each method.
+standard library's source (tests included); SmolLM2 (49,152 tokens) is moved onto it with each method.
 Printed per method: the time to compute the rows (matching, method, the
 sparse products), the time to write the 540 MB model, and their sum; the
-FastText training that FOCUS and OMP need (cached afterwards) and the word
-vectors that WECHSEL reads are timed on their own lines.
+FastText training that FOCUS and OMP need (on the top-level modules,
+cached afterwards) and the word vectors that WECHSEL reads are timed on
+their own lines.
 
     python benchmarks/vocab_speed.py
 """
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-size", type=int, default=50000)
     ap.add_argument("--methods", nargs="+", default=["copy", "multivariate", "fvt", "focus", "omp", "wechsel"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokenizer-mb", type=float, default=25.0, help="stdlib source to train the tokenizer on")
     ap.add_argument("--workdir", help="keep the tokenizer and word vectors here (default: a temporary directory)")
     args = ap.parse_args(argv)
 
@@ -45,11 +47,20 @@ def main(argv=None) -> int:
     base = assets.smollm2()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vocab-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in Path(sysconfig.get_paths()["stdlib"]).glob("*.py") if p.stat().st_size > 0)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.stat().st_size > 0)  # aux vectors: top-level modules
+    big, size = [], 0  # the tokenizer needs more text than that to find 50k merges: the whole library
+    for p in sorted(root.rglob("*.py")):
+        if "site-packages" in p.parts or not p.is_file():
+            continue
+        big.append(p)
+        size += p.stat().st_size
+        if size > args.tokenizer_mb * 1e6:
+            break
     tok_dir = work / f"tok{args.vocab_size}"
     t = time.perf_counter()
     if not tok_dir.exists():
-        train_tokenizer(files, tok_dir, args.vocab_size, like=base)
+        train_tokenizer(big, tok_dir, args.vocab_size, like=base)
     n = len(load_tokenizer(tok_dir))
     print(f"tokenizer: {n} tokens ({time.perf_counter() - t:.1f}s to train or load)")
     if {"focus", "omp"} & set(args.methods):

@@ -164,7 +164,6 @@ def main(argv=None) -> int:
     results = []
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     floor = bits_per_byte(model, old_tok, eval_text, args.eval_seq)
-    floor_trained = None
     del model
     print(f"untouched SmolLM2, own tokenizer: {floor:.4f} bits/byte")
 
@@ -180,6 +179,8 @@ def main(argv=None) -> int:
         secs = time.perf_counter() - t
         model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
         zero = bits_per_byte(model, new_tok, eval_text, args.eval_seq)
+        if args.steps:
+            print(f"{method:13s} zero-shot {zero:.4f} bits/byte; training ...", flush=True)
         trained = None
         train_s = 0.0
         if args.steps:
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     print()
     print(f"| method | zero-shot bits/byte | x untouched | after {args.steps} steps |")
     print("|---|---|---|---|")
-    print(f"| untouched SmolLM2 (own tokenizer) | {floor:.3f} | 1.00 | {floor_trained or '-'} |")
+    print(f"| untouched SmolLM2 (own tokenizer) | {floor:.3f} | 1.00 | - |")
     for method, zero, trained, *_ in sorted(results, key=lambda r: r[1]):
         tr = f"{trained:.3f}" if trained is not None else "-"
         print(f"| {method} | {zero:.3f} | {zero / floor:.2f} | {tr} |")

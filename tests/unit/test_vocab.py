@@ -21,7 +21,7 @@ from conftest import build_tiny
 from warmstart.cli import main
 from warmstart.vocab.match import (Scheme, byte_to_char, canonical, load_tokenizer, match_vocabs, retokenize,
                                    vocab_of)
-from warmstart.vocab.methods import Context, get_method, omp, sparsemax
+from warmstart.vocab.methods import Context, get_method, omp, omp_pooled, sparsemax
 
 WORDS_A = ("the king and queen of england spoke to their people about war and peace in the morning "
            "while the soldiers waited near the castle gate for news from the north").split()
@@ -179,6 +179,13 @@ def test_omp_recovers_sparse_combination():
     got = {(r, int(i)): float(c) for r in range(2) for i, c in zip(idx[r], coef[r])}
     assert got[(0, 3)] == pytest.approx(0.7) and got[(0, 17)] == pytest.approx(-0.2)
     assert got[(1, 40)] == pytest.approx(1.5) and got[(1, 2)] == pytest.approx(0.9)
+    # the pooled pursuit (each row over its own candidates) finds the same atoms and coefficients
+    cand = torch.stack([torch.tensor([5, 17, 9, 3, 30]), torch.tensor([2, 11, 40, 7, 1])])
+    local, pcoef = omp_pooled(x, d, cand, 2)
+    chosen = cand.gather(1, local)
+    for r in range(2):
+        assert {int(i): float(c) for i, c in zip(chosen[r], pcoef[r])} == pytest.approx(
+            {int(i): got[(r, int(i))] for i in idx[r]})
 
 
 def test_multivariate_fill_has_the_old_mean_and_covariance():

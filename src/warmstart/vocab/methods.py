@@ -175,16 +175,17 @@ def sparsemax(z, k: int = 32):
     k = min(k, n)
     while True:
         vals, idx = z.topk(k, dim=1)
+        vals = vals.double()
         cums = vals.cumsum(1)
-        ranks = torch.arange(1, k + 1, dtype=z.dtype)
+        ranks = torch.arange(1, k + 1, dtype=vals.dtype)
         # The support condition holds for a prefix of the sorted row, so counting gives its size.
         support = (1 + ranks * vals > cums).sum(1)
         if k == n or not bool((support == k).any()):
             break
         k = min(n, 4 * k)
-    tau = (cums.gather(1, (support - 1).unsqueeze(1)).squeeze(1) - 1) / support.to(z.dtype)
+    tau = (cums.gather(1, (support - 1).unsqueeze(1)).squeeze(1) - 1) / support.to(vals.dtype)
     weights = (vals - tau.unsqueeze(1)).clamp_min(0)
-    return idx, weights
+    return idx, weights.to(z.dtype)
 
 
 def omp(x, dictionary, k: int):
@@ -325,8 +326,8 @@ def focus_method(ctx: Context) -> Init:
     bar = _bar(ctx, len(targets), "focus")
     for s, e in _chunks(len(targets), len(anchors)):
         t = _unit_rows(torch.from_numpy(aux.vectors[targets[s:e]]))
-        idx, w = sparsemax((t @ a.T).double() / temperature)
-        w = (w / w.sum(1, keepdim=True)).float()
+        idx, w = sparsemax((t @ a.T) / temperature)
+        w = w / w.sum(1, keepdim=True)
         nz = w > 0
         r = torch.arange(s, e).unsqueeze(1).expand_as(w)[nz].numpy()
         parts.append((targets[r], anchor_old[idx[nz].numpy()], w[nz].numpy()))
@@ -353,18 +354,64 @@ def omp_method(ctx: Context) -> Init:
     if not len(anchors):
         raise WarmstartError("OMP needs tokens shared by both vocabularies; the tokenizers share none")
     k = int(ctx.option("k", 8))
+    pool = int(ctx.option("omp_pool", 256))
     dictionary = torch.from_numpy(np.ascontiguousarray(vectors[anchors], dtype=np.float32))
+    if space == "aux":
+        # Static-vector norms say nothing about the model's rows: fit directions only.
+        dictionary = _unit_rows(dictionary)
+    unit = _unit_rows(dictionary)
     anchor_old = ctx.match.source[anchors]
     parts = []
+    done = []
     bar = _bar(ctx, len(targets), "omp")
     for s, e in _chunks(len(targets), len(anchors)):
         x = torch.from_numpy(np.ascontiguousarray(vectors[targets[s:e]], dtype=np.float32))
-        idx, coef = omp(x, dictionary, k)
-        r = np.repeat(targets[s:e], idx.shape[1])
-        parts.append((r, anchor_old[idx.reshape(-1).numpy()], coef.reshape(-1).numpy()))
+        if space == "aux":
+            x = _unit_rows(x)
+        # The pursuit runs over the `pool` anchors most correlated with each token.
+        cand = (x @ unit.T).abs().topk(min(pool, len(anchors)), dim=1).indices  # [B, pool]
+        local, coef = omp_pooled(x, dictionary, cand, k)
+        chosen = cand.gather(1, local)
+        rows = np.arange(s, e)
+        if space == "aux":
+            # An affine combination keeps the rows at the model's scale; a token whose
+            # coefficients nearly cancel is left to the fallback.
+            total = coef.sum(1, keepdim=True)
+            ok = (total.squeeze(1) > 0.1).numpy()
+            coef = coef / total
+            chosen, coef, rows = chosen[ok], coef[ok], rows[ok]
+        parts.append((np.repeat(targets[rows], chosen.shape[1]), anchor_old[chosen.reshape(-1).numpy()],
+                      coef.reshape(-1).numpy()))
+        done.append(targets[rows])
         bar.update(e - s)
     bar.close()
-    return _with_fvt_fallback(ctx, ctx.match.source, parts, targets, {"anchors": int(len(anchors)), "space": space, "k": k})
+    done_ids = np.concatenate(done) if done else np.zeros(0, np.int64)
+    return _with_fvt_fallback(ctx, ctx.match.source, parts, done_ids,
+                              {"anchors": int(len(anchors)), "space": space, "k": k})
+
+
+def omp_pooled(x, dictionary, cand, k: int):
+    """OMP of each row of `x` over its own candidate atoms ``dictionary[cand[b]]``; indices are into `cand`."""
+    import torch
+
+    b = x.shape[0]
+    atoms = dictionary[cand]  # [B, P, d]
+    unit = atoms / atoms.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    k = min(k, cand.shape[1])
+    residual = x.clone()
+    idx = torch.zeros(b, k, dtype=torch.long)
+    coef = torch.zeros(b, k, dtype=x.dtype)
+    rows = torch.arange(b).unsqueeze(1)
+    for t in range(k):
+        corr = torch.einsum("bpd,bd->bp", unit, residual).abs()
+        if t:
+            corr[rows, idx[:, :t]] = -1.0
+        idx[:, t] = corr.argmax(1)
+        picked = atoms[rows, idx[:, : t + 1]]  # [B, t+1, d]
+        sol = torch.linalg.lstsq(picked.transpose(1, 2), x.unsqueeze(2)).solution.squeeze(2)
+        coef[:, : t + 1] = sol
+        residual = x - (sol.unsqueeze(1) @ picked).squeeze(1)
+    return idx, coef
 
 
 def subword_vectors(vocab: Vocab, words: list[str], vectors: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
