@@ -304,7 +304,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / ".recipe.json.partial"
-        tmp.write_text(json.dumps({**mine, "seeds": seeds, "arms": _all_arms(stored, mine)}, indent=2))
+        tmp.write_text(json.dumps({**_merged(stored, mine), "seeds": seeds}, indent=2))
         os.replace(tmp, stored)
     acc.wait_for_everyone()
     say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
@@ -348,8 +348,8 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
 
 
 def _compatible(theirs: dict, mine: dict, work: Path) -> None:
-    """A resumed run may add arms, seeds or change the target; everything already trained must be unchanged."""
-    loose = ("seeds", "arms", "target", "name")
+    """A resumed run may add arms, sources or seeds and change the target; what was trained must be unchanged."""
+    loose = ("seeds", "arms", "sources", "target", "name")
     a = {k: v for k, v in theirs.items() if k not in loose}
     b = {k: v for k, v in mine.items() if k not in loose}
     if a != b:
@@ -361,15 +361,21 @@ def _compatible(theirs: dict, mine: dict, work: Path) -> None:
         if arm["name"] in old and old[arm["name"]] != arm:
             raise WarmstartError(f"arms[{i}] ({arm['name']}) differs from the arm of that name in the run being "
                                  "resumed (rename it or use --force)", work)
+    for name, src in mine.get("sources", {}).items():
+        if name in theirs.get("sources", {}) and theirs["sources"][name] != src:
+            raise WarmstartError(f"sources.{name} differs from the source of that name in the run being resumed "
+                                 "(rename it or use --force)", work)
 
 
-def _all_arms(stored: Path, mine: dict) -> list:
-    """Arms trained so far plus this recipe's: a later resume must still match all of them."""
-    arms = list(mine.get("arms", []))
+def _merged(stored: Path, mine: dict) -> dict:
+    """This recipe plus the arms and sources trained so far: a later resume must still match all of them."""
+    out = dict(mine)
     if stored.exists():
-        names = {a["name"] for a in arms}
-        arms += [a for a in json.loads(stored.read_text()).get("arms", []) if a["name"] not in names]
-    return arms
+        theirs = json.loads(stored.read_text())
+        names = {a["name"] for a in mine.get("arms", [])}
+        out["arms"] = list(mine.get("arms", [])) + [a for a in theirs.get("arms", []) if a["name"] not in names]
+        out["sources"] = {**theirs.get("sources", {}), **mine.get("sources", {})}
+    return out
 
 
 def _tokenizer_path(recipe: Recipe):

@@ -6,13 +6,13 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("demo", help="pretrain, grow and race a small Llama against scratch; print the speedup",
                        description="Inspect the real SmolLM2-135M checkpoint, then run the embedded demo recipe: "
-                                   "pretrain a small Llama on Shakespeare, grow it (hyperclone width x2, stack depth "
-                                   "x2), train it and a same-sized scratch model on the same budget, and print the "
+                                   "pretrain a small Llama on Shakespeare, grow it (hyperclone width x2, expand "
+                                   "depth x2), train it and a same-sized scratch model on the same budget, and print the "
                                    "speedup table and the plot's path. A finished demo in --out is reused (its arms "
                                    "are not retrained) unless --force.")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 600)")
-    p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 600)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 400)")
+    p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 400)")
     p.add_argument("--seeds", type=int, default=1, help="seeds (default 1); medians are reported")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="train on the CPU or an accelerator (default: an accelerator if present)")
