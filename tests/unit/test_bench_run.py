@@ -149,3 +149,25 @@ def test_missing_and_empty_corpus(setup, capsys):
     assert "is empty" in capsys.readouterr().err
     assert not (tmp / "o1").exists() and not (tmp / "o2").exists()
     assert not list(tmp.glob(".o*"))
+
+
+def test_resume_may_add_arms_and_sources_but_not_change_them(tmp_path):
+    from warmstart.bench.run import _compatible, _merged
+    from warmstart.errors import WarmstartError
+
+    old = {"name": "a", "model": {"hidden": 8}, "sources": {"s": {"steps": 4}},
+           "arms": [{"name": "scratch"}, {"name": "g", "source": "s"}]}
+    more = {**old, "sources": {"s": {"steps": 4}, "t": {"steps": 2}},
+            "arms": [{"name": "scratch"}, {"name": "h", "source": "t"}]}
+    _compatible(old, more, tmp_path)  # new arm and source: fine
+    stored = tmp_path / "recipe.json"
+    stored.write_text(json.dumps(old))
+    merged = _merged(stored, more)
+    assert [a["name"] for a in merged["arms"]] == ["scratch", "h", "g"]  # trained arms stay on record
+    assert set(merged["sources"]) == {"s", "t"}
+    with pytest.raises(WarmstartError, match=r"arms\[1\] \(g\) differs"):
+        _compatible(old, {**old, "arms": [{"name": "scratch"}, {"name": "g", "source": "s", "lr": 0.1}]}, tmp_path)
+    with pytest.raises(WarmstartError, match="sources.s differs"):
+        _compatible(old, {**old, "sources": {"s": {"steps": 5}}}, tmp_path)
+    with pytest.raises(WarmstartError, match="model differ"):
+        _compatible(old, {**old, "model": {"hidden": 16}}, tmp_path)
