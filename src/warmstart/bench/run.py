@@ -14,10 +14,13 @@ continues an interrupted ``.DIR.partial`` (or a finished DIR, e.g. with more
 seeds): finished sources and arms are skipped and an interrupted arm goes on
 from its last resume state.
 
-Sources are also cached across runs under ``<cache>/bench/sources/<hash>``
-(the hash covers the tokens, the source's config and training settings and
-the seed): their cost is counted in full whether they were trained now or
-earlier.
+Sources and scratch arms are also cached across runs, under
+``<cache>/bench/sources`` and ``<cache>/bench/scratch`` (keyed by a hash of
+the tokens, the model config, every training setting and the seed), because
+the same source or scratch run recurs across recipes: training is
+deterministic, so a cached run is the run. A source's cost is counted in
+full whether it was trained now or earlier. ``source_cache=False`` (``--no-cache``)
+trains everything.
 """
 
 from __future__ import annotations
@@ -116,8 +119,9 @@ def _seed_source(ctx: Context, name: str, seed: int) -> Path:
                      "eval": str(ctx.data["main"].tokenizer_dir.parent.name), "config": config, "train": kw})
         cached = ctx.source_cache / f"{name}-{key}"
         if (cached / "result.json").exists():
-            ctx.say(f"source {name} (seed {seed}): cached, its cost counted in full")
-            _link(cached, target)
+            ctx.say(f"source {name} (seed {seed}): trained before with the same settings; reused from the cache, "
+                    "its cost counted in full")
+            _link(cached, target, ctx.accelerator)
             return target
         run_dir = cached
     else:
@@ -127,19 +131,19 @@ def _seed_source(ctx: Context, name: str, seed: int) -> Path:
     train(config, tokens.train, ctx.data["main"].val, out_dir=run_dir, resume=True, progress=ctx.progress,
           desc=f"source {name}", extra_files=tokens.tokenizer_files(), accelerator=ctx.accelerator, **kw)
     if run_dir != target:
-        _link(run_dir, target)
+        _link(run_dir, target, ctx.accelerator)
     return target
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Copy a finished run (a source from the cache) into the bench directory, atomically."""
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"))
-    os.rename(tmp, dst)
+def _link(src: Path, dst: Path, accelerator) -> None:
+    """Copy a finished run (from the cache) into the bench directory, atomically (main process)."""
+    if accelerator.is_main_process and not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"))
+        os.rename(tmp, dst)
+    accelerator.wait_for_everyone()
 
 
 def _with_seed(params: dict, op: str, seed: int) -> dict:
@@ -225,12 +229,24 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         init = shrink_perturb(arm.shrink_perturb.shrink, arm.shrink_perturb.noise, 20_000 + seed)
     kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
     out = ctx.work / f"seed-{seed}" / "arms" / arm.name
-    done = (out / "result.json").exists()
-    if not done:
+    run_dir = out
+    if arm.kind == "scratch" and init is None and ctx.source_cache is not None and not (out / "result.json").exists():
+        key = _hash({"format": SOURCE_FORMAT, "scratch": model, "data": str(main.tokenizer_dir.parent.name),
+                     "train": kw})
+        cached = ctx.source_cache.parent / "scratch" / key
+        if (cached / "result.json").exists():
+            ctx.say(f"arm {arm.name} (seed {seed}): the same scratch run was trained before; reusing it from the "
+                    "cache")
+            _link(cached, out, ctx.accelerator)
+        else:
+            run_dir = cached
+    if not (out / "result.json").exists():
         ctx.say(f"arm {arm.name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
-    result = train(model, main.train, main.val, out_dir=out, resume=True, progress=ctx.progress,
+    result = train(model, main.train, main.val, out_dir=run_dir, resume=True, progress=ctx.progress,
                    desc=f"{arm.name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
                    accelerator=ctx.accelerator, **kw)
+    if run_dir != out:
+        _link(run_dir, out, ctx.accelerator)
     rows = read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
     if source_cost is not None and source_cost.get("tokens") is None:
         source_cost = {"tokens": M.math.nan, "flops": source_cost["flops"], "time": M.math.nan}

@@ -17,9 +17,9 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="train on the CPU or an accelerator (default: an accelerator if present)")
-    p.add_argument("--no-source-cache", action="store_true",
-                   help="always pretrain sources (by default a source trained earlier with the same settings is "
-                        "reused from the cache; its cost is counted either way)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train every source and scratch arm (by default one trained earlier with exactly the same "
+                        "data and settings is reused from the cache; a source's cost is counted either way)")
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -58,7 +58,7 @@ def run(args) -> int:
     set_threads(args.threads)
     results = run_bench(recipe, args.out, seeds=args.seeds, resume=args.resume, force=args.force,
                         progress=not args.quiet, cpu=device_flag(args.device),
-                        source_cache=not args.no_source_cache)
+                        source_cache=not args.no_cache)
     if results is not None:
         from pathlib import Path
 

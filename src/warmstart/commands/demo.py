@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="train on the CPU or an accelerator (default: an accelerator if present)")
     p.add_argument("--force", action="store_true", help="retrain everything, replacing --out")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train the source and scratch even if the same runs are in the cache")
     p.add_argument("--skip-inspect", action="store_true", help="do not fetch and inspect SmolLM2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from warmstart.commands.bench import add_threads
@@ -58,7 +60,7 @@ def run(args) -> int:
         print(f"(continuing the demo in {out}: finished arms are reused; --force retrains)")
     print("== The head start: a grown model against scratch on the same budget ==")
     results = run_bench(recipe, out, seeds=args.seeds, resume=resume, force=args.force, progress=not args.quiet,
-                        cpu=device_flag(args.device))
+                        cpu=device_flag(args.device), source_cache=not args.no_cache)
     if results is None:  # a non-main process of a distributed launch
         return 0
     from warmstart.inspect import summarize
