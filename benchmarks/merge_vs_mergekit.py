@@ -11,8 +11,10 @@ resident memory). The tools alternate; the first run of each is a warm-up
 that fills the page cache and is not counted; the script prints the medians
 of the rest and the ratios warmstart / mergekit, then the memory bound of
 the issue, (inputs + 2) x largest tensor + 600 MB, against warmstart's peak.
-warmstart merges with one torch thread (its default); mergekit runs as it
-comes (torch's default threads) and again with ``--num-threads 1``.
+Each tool runs with one torch thread (warmstart's default; mergekit's
+``--num-threads 1``) and with torch's default threads (``warmstart merge
+--threads 0``; mergekit as it comes): the rows warmstart, mergekit-1,
+warmstart-t and mergekit.
 Finally the two outputs are compared tensor by tensor: both accumulate in
 fp32 in a different order, so they must agree within a few fp32 units in
 the last place of the inputs' magnitude.
@@ -186,10 +188,11 @@ def main() -> int:
                   "import sys; from mergekit.scripts.run_yaml import main; sys.argv[0] = 'mergekit-yaml'; main()",
                   str(recipe), str(theirs_out), "--copy-tokenizer", "--quiet"]
         theirs_1 = theirs + ["--num-threads", "1"]
-        # warmstart merges with one torch thread by default; mergekit runs both as it
-        # comes (torch's default threads) and with one thread, for a like-for-like figure.
-        runs = (("warmstart", ours, ours_out), ("mergekit", theirs, theirs_out),
-                ("mergekit-1", theirs_1, theirs_out))
+        # Both tools with torch's default threads (warmstart-t: --threads 0; mergekit as it
+        # comes) and with one thread (warmstart's default; mergekit-1: --num-threads 1).
+        ours_t = ours + ["--threads", "0"]
+        runs = (("warmstart", ours, ours_out), ("warmstart-t", ours_t, ours_out),
+                ("mergekit", theirs, theirs_out), ("mergekit-1", theirs_1, theirs_out))
         results: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in runs}
         for rep in range(args.repeats + 1):
             for name, cmd, out in runs:
@@ -207,9 +210,9 @@ def main() -> int:
         for k, (w, r) in med.items():
             print(f"  {k:10s} wall {w:6.2f} s   peak RSS {r / 2**20:7.0f} MiB")
         wo, ro = med["warmstart"]
-        for k in ("mergekit", "mergekit-1"):
-            wm, rm = med[k]
-            print(f"ratio warmstart / {k}: wall {wo / wm:.2f}x, peak RSS {ro / rm:.2f}x")
+        for ours_k, k in (("warmstart", "mergekit"), ("warmstart", "mergekit-1"), ("warmstart-t", "mergekit")):
+            (wa, ra), (wm, rm) = med[ours_k], med[k]
+            print(f"ratio {ours_k} / {k}: wall {wa / wm:.2f}x, peak RSS {ra / rm:.2f}x")
         print(f"memory bound (inputs + 2) x largest tensor ({largest / 2**20:.0f} MiB) + 600 MB = {bound / 2**20:.0f} MiB;"
               f" warmstart's peak {ro / 2**20:.0f} MiB: {'within' if ro <= bound else 'OVER'}")
         count, worst, problems = compare(ours_out, theirs_out, inputs)

@@ -18,8 +18,9 @@ input (three fp32 tensors of its size, plus the input in its own dtype when
 that is not fp32).
 
 The Fisher average is ``x_1 + sum_i w_i (x_i - x_1) / sum_i w_i`` with
-``w_i = lambda_i (F_i + floor)``: four fp32 tensors (x_1, the two sums and
-one input) plus one Fisher tensor.
+``w_i = lambda_i (F_i + floor)``: x_1, the two sums, one input and its
+Fisher (four fp32 tensors with two inputs, where the first difference
+becomes the running sum, five with more).
 """
 
 from __future__ import annotations
