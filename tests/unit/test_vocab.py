@@ -344,6 +344,20 @@ def test_focus_rows_are_convex_combinations(pair, tmp_path, monkeypatch):
         assert torch.allclose(out[r], w @ emb[cols], atol=1e-6)
 
 
+def test_omp_in_aux_space_gives_convex_rows(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
+    model, new_tok, corpus = pair
+    ctx, init = method_init(model, new_tok, "omp", corpus=[corpus],
+                            options={"aux_dim": 16, "aux_epochs": 2, "k": 4})
+    targets = ctx.targets()
+    assert init.combined()[targets].all()
+    assert (init.vals >= 0).all()
+    sums = np.bincount(init.rows, weights=init.vals, minlength=len(init))
+    assert np.allclose(sums[targets], 1.0, atol=1e-5)
+    per_row = np.bincount(init.rows, minlength=len(init))
+    assert per_row[targets].max() <= 4 or init.stats.get("fvt_fallback", 0) > 0
+
+
 def test_aux_embeddings_are_cached(pair, tmp_path, monkeypatch):
     from warmstart.vocab.aux_embeddings import token_vectors
 

@@ -374,11 +374,13 @@ def omp_method(ctx: Context) -> Init:
         chosen = cand.gather(1, local)
         rows = np.arange(s, e)
         if space == "aux":
-            # An affine combination keeps the rows at the model's scale; a token whose
-            # coefficients nearly cancel is left to the fallback.
+            # Static-vector coefficients do not carry over to the model's rows with their
+            # signs and scale (negative ones amplify noise): keep the non-negative part,
+            # normalized to sum 1, so the row is a convex combination of the picked anchors.
+            coef = coef.clamp_min(0)
             total = coef.sum(1, keepdim=True)
-            ok = (total.squeeze(1) > 0.1).numpy()
-            coef = coef / total
+            ok = (total.squeeze(1) > 0).numpy()
+            coef = coef / total.clamp_min(1e-12)
             chosen, coef, rows = chosen[ok], coef[ok], rows[ok]
         parts.append((np.repeat(targets[rows], chosen.shape[1]), anchor_old[chosen.reshape(-1).numpy()],
                       coef.reshape(-1).numpy()))
