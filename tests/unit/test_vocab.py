@@ -185,7 +185,7 @@ def test_omp_recovers_sparse_combination():
     chosen = cand.gather(1, local)
     for r in range(2):
         assert {int(i): float(c) for i, c in zip(chosen[r], pcoef[r])} == pytest.approx(
-            {int(i): got[(r, int(i))] for i in idx[r]})
+            {int(i): got[(r, int(i))] for i in idx[r]}, rel=1e-4)  # a tiny ridge in the pooled solve
 
 
 def test_multivariate_fill_has_the_old_mean_and_covariance():
