@@ -41,7 +41,7 @@ def all_finite(t: torch.Tensor) -> bool:
     """Whether a floating tensor holds no NaN and no Inf.
 
     Its sum is NaN or Inf whenever any element is, and a sum is one fast
-    read-only pass (``torch.isfinite`` is some twenty times slower on CPU).
+    read-only pass (``torch.isfinite`` is much slower on CPU).
     Only a non-finite sum, which finite values can also give by overflowing,
     is checked element by element.
     """

@@ -250,8 +250,8 @@ def merge_checkpoints(
     `threads`: torch's intra-op threads during the merge (restored after;
     None keeps torch's setting). The arithmetic is a few elementwise passes
     per tensor, bound by memory and reads, so one thread is the default: on
-    a loaded 2-core machine two threads made the same merge several times
-    slower (docs/merge.md).
+    a loaded 2-core machine torch's default threads made the same merge
+    about twice as slow (docs/merge.md).
     """
     from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
     from warmstart.checkpoint.writer import check_output, write_json
