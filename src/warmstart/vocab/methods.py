@@ -354,7 +354,7 @@ def omp_method(ctx: Context) -> Init:
     if not len(anchors):
         raise WarmstartError("OMP needs tokens shared by both vocabularies; the tokenizers share none")
     k = int(ctx.option("k", 8))
-    pool = int(ctx.option("omp_pool", 256))
+    pool = int(ctx.option("omp_pool", 64))
     dictionary = torch.from_numpy(np.ascontiguousarray(vectors[anchors], dtype=np.float32))
     if space == "aux":
         # Static-vector norms say nothing about the model's rows: fit directions only.
@@ -398,14 +398,16 @@ def omp_pooled(x, dictionary, cand, k: int):
 
     b = x.shape[0]
     atoms = dictionary[cand]  # [B, P, d]
-    unit = atoms / atoms.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    norms = dictionary.norm(dim=1)
+    unit = atoms if bool(torch.allclose(norms, torch.ones_like(norms))) else \
+        atoms / norms[cand].clamp_min(1e-12).unsqueeze(2)
     k = min(k, cand.shape[1])
     residual = x.clone()
     idx = torch.zeros(b, k, dtype=torch.long)
     coef = torch.zeros(b, k, dtype=x.dtype)
     rows = torch.arange(b).unsqueeze(1)
     for t in range(k):
-        corr = torch.einsum("bpd,bd->bp", unit, residual).abs()
+        corr = (unit @ residual.unsqueeze(2)).squeeze(2).abs()
         if t:
             corr[rows, idx[:, :t]] = -1.0
         idx[:, t] = corr.argmax(1)
