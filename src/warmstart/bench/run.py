@@ -52,7 +52,7 @@ class Context:
     source_cache: Path | None
 
 
-def _paths(out: Path, resume: bool, force: bool) -> tuple[Path, Path]:
+def _paths(out: Path, resume: bool, force: bool, main_process: bool = True) -> tuple[Path, Path]:
     """(work dir, final dir) for this run, refusing what must be refused."""
     out = Path(out)
     if not out.parent.exists():
@@ -70,7 +70,8 @@ def _paths(out: Path, resume: bool, force: bool) -> tuple[Path, Path]:
         if not force:
             raise OutputExists(f"an interrupted run is in {partial.name} (use --resume to continue it or --force "
                                "to start over)", out)
-        shutil.rmtree(partial)
+        if main_process:
+            shutil.rmtree(partial)
     if out.exists() and not force:
         raise OutputExists("output already exists (use --force to replace it, --resume to add to it)", out)
     return partial, out
@@ -284,12 +285,13 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     from warmstart.bench import report
 
     seeds = seeds or recipe.seeds
-    work, final = _paths(Path(out), resume, force)
     if cpu is None:
         import torch
 
         cpu = not torch.cuda.is_available()
     acc = Accelerator(cpu=cpu, mixed_precision="bf16" if recipe.train.precision == "bf16" else "no")
+    work, final = _paths(Path(out), resume, force, acc.is_main_process)
+    acc.wait_for_everyone()
     quiet = (lambda *a, **k: None)
     say = say if acc.is_main_process else quiet
 
