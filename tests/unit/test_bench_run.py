@@ -36,6 +36,7 @@ def recipe(corpus) -> dict:
             {"name": "scratch"},
             {"name": "stacked", "source": "one", "grow": {"op": "stack", "layers": 2}},
             {"name": "cont", "source": "same", "schedule": "constant", "lr": 3.0e-3},
+            {"name": "ckpt", "checkpoint": "ckpt", "checkpoint_flops": 1.0e9},
         ],
     }
 
@@ -49,6 +50,12 @@ def setup(tmp_path, monkeypatch):
     for d in range(3):
         (corpus / f"doc{d}.txt").write_text(
             "".join(" ".join(rng.choice(WORDS, size=8)) + ".\n" for _ in range(150)))
+    from tests.conftest import build_tiny
+
+    # An existing checkpoint of the target's shape and the recipe's vocabulary (300), relative to the recipe.
+    build_tiny("llama", tmp_path / "ckpt", vocab_size=300, hidden_size=16, intermediate_size=32,
+               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+               tie_word_embeddings=False)
     data = recipe(corpus)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -130,6 +137,10 @@ def test_tiny_recipe_interrupted_then_resumed(setup, monkeypatch, capsys):
     assert seed["arms"]["cont"]["first_eval_loss"] == pytest.approx(seed["sources"]["same"]["final_eval_loss"],
                                                                      abs=1e-5)
 
+    # The checkpoint arm: its stated cost is counted, its first eval is the checkpoint's own.
+    ck = seed["arms"]["ckpt"]
+    assert ck["kind"] == "continue" and ck["source_cost"]["flops"] == 1.0e9
+
     # An existing output is refused without --force.
     assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 2
 
@@ -171,3 +182,19 @@ def test_resume_may_add_arms_and_sources_but_not_change_them(tmp_path):
         _compatible(old, {**old, "sources": {"s": {"steps": 5}}}, tmp_path)
     with pytest.raises(WarmstartError, match="model differ"):
         _compatible(old, {**old, "model": {"hidden": 16}}, tmp_path)
+
+
+def test_checkpoint_with_another_vocabulary_is_refused(setup, capsys):
+    tmp, path = setup
+    from tests.conftest import build_tiny
+
+    build_tiny("llama", tmp / "other", vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+               num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    data = yaml.safe_load(path.read_text())
+    data["arms"] = [{"name": "scratch"}, {"name": "other", "checkpoint": str(tmp / "other")}]
+    bad = tmp / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["bench", str(bad), "--out", str(tmp / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "arms[1].checkpoint: its vocabulary has 128 tokens, the recipe's tokenizer 300" in err
+    assert not (tmp / "o").exists() and not (tmp / ".o.partial").exists()

@@ -214,6 +214,8 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from warmstart.bench.train import read_log
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = list(recipe.arms[i].name for i in range(len(recipe.arms)))
@@ -231,9 +233,7 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
                 offset = sc["flops"]
             ax2.plot([offset + r["flops"] for r in ev], [r["eval_loss"] for r in ev], color=c, label=label,
                      alpha=alpha)
-        for k, (sname, src) in enumerate(run["sources"].items()):
-            from warmstart.bench.train import read_log
-
+        for sname, src in run["sources"].items():
             ev = M.evals(read_log(src["log"]))
             ax2.plot([r["flops"] for r in ev], [r["eval_loss"] for r in ev], color="gray", linestyle=":",
                      label=f"source {sname}" if run is runs[0] else None)

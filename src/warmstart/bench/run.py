@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -250,7 +251,7 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         _link(run_dir, out, ctx.accelerator)
     rows = read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
     if source_cost is not None and source_cost.get("tokens") is None:
-        source_cost = {"tokens": M.math.nan, "flops": source_cost["flops"], "time": M.math.nan}
+        source_cost = {"tokens": math.nan, "flops": source_cost["flops"], "time": math.nan}
     return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": arm.source,
             "source_cost": source_cost, "log": str(out / "log.jsonl")}
 
