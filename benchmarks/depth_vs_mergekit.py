@@ -21,91 +21,17 @@ Usage: python benchmarks/depth_vs_mergekit.py [--repeats 5] [--setup-only]
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-TORCH_PIN = "torch==2.13.0"
-MERGEKIT = "mergekit"
+from mergekit_env import ensure_mergekit, mergekit_command, require_time, timed
+
 KEEP = 24  # layers taken from each copy: 0..23 and 6..29
-TIME = Path("/usr/bin/time")
-
-
-def die(message: str) -> None:
-    print(f"depth_vs_mergekit: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def venv_dir() -> Path:
-    from warmstart import assets
-
-    return assets.cache_dir() / "mergekit-venv"
-
-
-def venv_works(venv: Path) -> bool:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return False
-    probe = subprocess.run([str(python), "-c", "import mergekit, torch; print(torch.__version__)"],
-                           capture_output=True, text=True)
-    return probe.returncode == 0
-
-
-def ensure_mergekit() -> Path:
-    """The mergekit virtual environment, created once (under a lock) and reused."""
-    venv = venv_dir()
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / "mergekit-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if venv_works(venv):
-            return venv
-        if venv.exists():
-            shutil.rmtree(venv)
-        print(f"installing mergekit into its own virtual environment ({venv.name}) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        # torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
-        for args in ([TORCH_PIN], [MERGEKIT, TORCH_PIN]):
-            proc = subprocess.run(pip + args)
-            if proc.returncode != 0:
-                shutil.rmtree(venv, ignore_errors=True)
-                die(f"pip install {' '.join(args)} failed in the mergekit environment")
-        if not venv_works(venv):
-            die("mergekit installed but does not import")
-    return venv
-
-
-def mergekit_command(venv: Path) -> list[str]:
-    """mergekit's YAML entry point, run through the venv's interpreter (immune to script shebangs)."""
-    return [str(venv / "bin" / "python"), "-c",
-            "import sys; from mergekit.scripts.run_yaml import main; sys.argv[0] = 'mergekit-yaml'; main()"]
-
-
-def timed(cmd: list[str], log: Path) -> tuple[float, int, float]:
-    """Run `cmd` under /usr/bin/time -v; return (wall seconds, peak RSS in bytes, CPU seconds)."""
-    with open(log, "w") as err:
-        proc = subprocess.run([str(TIME), "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=err,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-25:])
-        die(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", text)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
-    system = re.search(r"System time \(seconds\): ([\d.]+)", text)
-    if not wall or not rss or not user or not system:
-        die(f"cannot read /usr/bin/time -v output in {log}")
-    h, m, s = wall.groups()
-    cpu = float(user.group(1)) + float(system.group(1))
-    return int(h or 0) * 3600 + int(m) * 60 + float(s), int(rss.group(1)) * 1024, cpu
 
 
 def compare_outputs(ours: Path, theirs: Path) -> tuple[int, list[str]]:
@@ -142,8 +68,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where outputs go (default: a temporary folder)")
     args = ap.parse_args()
 
-    if not TIME.exists():
-        die("/usr/bin/time is missing: install Debian's 'time' package (apt-get install time)")
+    require_time()
     venv = ensure_mergekit()
     if args.setup_only:
         print(f"mergekit environment ready: {venv.name}")

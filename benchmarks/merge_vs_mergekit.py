@@ -31,79 +31,17 @@ Usage: python benchmarks/merge_vs_mergekit.py [--repeats 3] [--noise 0.01] [--se
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import zlib
 from pathlib import Path
 
-TORCH_PIN = "torch==2.13.0"
-TIME = Path("/usr/bin/time")
+from mergekit_env import ensure_mergekit, mergekit_command, require_time, timed
+
 N_INPUTS = 3
-
-
-def die(message: str) -> None:
-    print(f"merge_vs_mergekit: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def venv_works(venv: Path) -> bool:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return False
-    probe = subprocess.run([str(python), "-c", "import mergekit, torch"], capture_output=True, text=True)
-    return probe.returncode == 0
-
-
-def ensure_mergekit() -> Path:
-    """mergekit's virtual environment: reused if it works, else built in a temporary sibling and renamed."""
-    from warmstart import assets
-
-    venv = assets.cache_dir() / "mergekit-venv"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / "mergekit-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the depth benchmark takes the same lock
-        if venv_works(venv):
-            return venv
-        tmp = Path(tempfile.mkdtemp(prefix=".mergekit-venv.partial-", dir=venv.parent))
-        try:
-            print("installing mergekit into its own virtual environment ...", flush=True)
-            subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
-            pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "-q"]
-            # torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
-            for args in ([TORCH_PIN], ["mergekit", TORCH_PIN]):
-                if subprocess.run(pip + args).returncode != 0:
-                    die(f"pip install {' '.join(args)} failed in the mergekit environment")
-            if not venv_works(tmp):
-                die("mergekit installed but does not import")
-            if venv.exists():
-                shutil.rmtree(venv)
-            os.rename(tmp, venv)  # scripts' shebangs name the old path: always run `python -c`
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return venv
-
-
-def timed(cmd: list[str], log: Path) -> tuple[float, int]:
-    """Run `cmd` under /usr/bin/time -v; return (wall seconds, peak RSS in bytes)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log, "w") as err:
-        proc = subprocess.run([str(TIME), "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        die(f"command failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(text.splitlines()[-25:]))
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", text)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if not wall or not rss:
-        die(f"cannot read /usr/bin/time -v output in {log}")
-    h, m, s = wall.groups()
-    return int(h or 0) * 3600 + int(m) * 60 + float(s), int(rss.group(1)) * 1024
 
 
 def make_copies(src: Path, work: Path, noise: float) -> list[Path]:
@@ -163,8 +101,7 @@ def main() -> int:
     ap.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
     ap.add_argument("--setup-only", action="store_true", help="only install mergekit")
     args = ap.parse_args()
-    if not TIME.exists():
-        die("/usr/bin/time is missing (Debian: apt-get install time)")
+    require_time()
     venv = ensure_mergekit()
     if args.setup_only:
         print(f"mergekit environment ready: {venv.name}")
@@ -184,9 +121,7 @@ def main() -> int:
         ours_out, theirs_out = work / "ours", work / "theirs"
         ours = [sys.executable, "-m", "warmstart.cli", "merge", str(ours_out), *map(str, inputs),
                 "--method", "mean", "--quiet", "--force"]
-        theirs = [str(venv / "bin" / "python"), "-c",
-                  "import sys; from mergekit.scripts.run_yaml import main; sys.argv[0] = 'mergekit-yaml'; main()",
-                  str(recipe), str(theirs_out), "--copy-tokenizer", "--quiet"]
+        theirs = mergekit_command(venv) + [str(recipe), str(theirs_out), "--copy-tokenizer", "--quiet"]
         theirs_1 = theirs + ["--num-threads", "1"]
         # Both tools with torch's default threads (warmstart-t: --threads 0; mergekit as it
         # comes) and with one thread (warmstart's default; mergekit-1: --num-threads 1).
@@ -197,7 +132,7 @@ def main() -> int:
         for rep in range(args.repeats + 1):
             for name, cmd, out in runs:
                 shutil.rmtree(out, ignore_errors=True)
-                wall, rss = timed(cmd, work / f"{name}-{rep}.log")
+                wall, rss, _ = timed(cmd, work / f"{name}-{rep}.log")
                 label = "warm-up" if rep == 0 else f"run {rep}"
                 print(f"{name:10s} {label:8s} wall {wall:6.2f} s   peak RSS {rss / 2**20:7.0f} MiB", flush=True)
                 if rep:
