@@ -90,13 +90,19 @@ def depth_step(args) -> tuple[str, dict] | None:
 def run(args) -> int:
     from warmstart.errors import WarmstartError
     from warmstart.ops import registry
-    from warmstart.recipe_chain import apply_chain
 
     steps = [s for s in (width_step(args), depth_step(args)) if s is not None]
     if not steps:
         raise WarmstartError("nothing to do: give --layers with --depth-method, --layer-map, or --width-method")
     if steps[0][0] != "layer_map" and steps[0][0] not in DEPTH_METHODS:
         registry.get(steps[0][0], "width")  # a clear error for an unknown width method
+    return write_chain(args, steps)
+
+
+def write_chain(args, steps) -> int:
+    """Apply `steps` to args.model as one streaming chain, print the summary, verify if asked (grow and shrink)."""
+    from warmstart.recipe_chain import apply_chain
+
     result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
                          max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
                          optimizer_state=args.optimizer_state)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, parse_size
+from warmstart.commands.common import add_output_args
 
 
 def register(sub) -> None:
@@ -28,9 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.commands.grow import print_verify
+    from warmstart.commands.grow import write_chain
     from warmstart.errors import WarmstartError
-    from warmstart.recipe_chain import apply_chain
 
     steps = []
     width = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads")
@@ -41,11 +40,4 @@ def run(args) -> int:
         steps.append(("drop", {"layers": args.layers, "keep": "first" if args.layer_method == "select" else "even"}))
     if not steps:
         raise WarmstartError("nothing to do: give --layers and/or --hidden, --intermediate, --heads, --kv-heads")
-    result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
-                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
-                         optimizer_state=args.optimizer_state)
-    for line in result.summary():
-        print(line)
-    if args.verify:
-        return print_verify(args.model, result.out)
-    return 0
+    return write_chain(args, steps)
