@@ -198,3 +198,34 @@ def test_checkpoint_with_another_vocabulary_is_refused(setup, capsys):
     err = capsys.readouterr().err
     assert "arms[1].checkpoint: its vocabulary has 128 tokens, the recipe's tokenizer 300" in err
     assert not (tmp / "o").exists() and not (tmp / ".o.partial").exists()
+
+
+def test_jobs_train_the_same_runs_side_by_side(setup, capsys):
+    """--jobs 2 trains sources and arms in worker processes; every log equals the sequential run's."""
+    import torch
+
+    tmp, path = setup
+    torch.set_num_threads(1)  # the workers use 1 thread each on a 2-core machine; compare like with like
+    assert main(["bench", str(path), "--out", str(tmp / "seq"), "--quiet", "--no-cache", "--threads", "1"]) == 0
+    assert main(["bench", str(path), "--out", str(tmp / "par"), "--quiet", "--no-cache", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "training 2 runs at a time" in out
+    for arm in ("scratch", "stacked", "cont", "ckpt"):
+        seq = [json.loads(line) for line in (tmp / "seq" / "seed-0" / "arms" / arm / "log.jsonl").read_text().splitlines()]
+        par = [json.loads(line) for line in (tmp / "par" / "seed-0" / "arms" / arm / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in par] == [r["step"] for r in seq]
+        for a, b in zip(seq, par):
+            if "train_loss" in a:
+                assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+            if "eval_loss" in a:
+                assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-5)
+    seq_res = json.loads((tmp / "seq" / "results.json").read_text())["summary"]
+    par_res = json.loads((tmp / "par" / "results.json").read_text())["summary"]
+    assert par_res.keys() == seq_res.keys()
+
+
+def test_jobs_must_be_positive(setup, capsys):
+    tmp, path = setup
+    assert main(["bench", str(path), "--out", str(tmp / "bad"), "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert not (tmp / "bad").exists() and not (tmp / ".bad.partial").exists()

@@ -56,8 +56,10 @@ class Context:
 def _paths(out: Path, resume: bool, force: bool, main_process: bool = True) -> tuple[Path, Path]:
     """(work dir, final dir) for this run, refusing what must be refused."""
     out = Path(out)
-    if not out.parent.exists():
-        raise WarmstartError("parent directory of the output does not exist", out.parent)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise WarmstartError("parent of the output is not a directory", out.parent)
+    if main_process:
+        out.parent.mkdir(parents=True, exist_ok=True)  # runs/NAME in a fresh clone
     partial = out.parent / f".{out.name}.partial"
     if resume:
         if partial.exists():
@@ -277,15 +279,83 @@ def check_starts(ctx: Context) -> None:
                               f"recipe's tokenizer {vocab} (set tokenizer.path to the checkpoint's tokenizer)")
 
 
+def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads: int, kind: str, key, seed: int):
+    """One source or arm, trained in a worker process of `run_bench(jobs=...)`; its outputs go to disk.
+
+    The worker re-opens the (cached) data and builds its own single-process
+    Accelerator, so it trains exactly what the sequential loop would.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    torch.set_num_threads(threads)
+    try:
+        data = D.prepare(corpora_of(recipe), vocab_size=recipe.tokenizer.vocab_size, heldout=recipe.heldout,
+                         max_bytes=recipe.max_corpus_bytes, tokenizer=_tokenizer_path(recipe))
+        acc = Accelerator(cpu=cpu, mixed_precision="bf16" if recipe.train.precision == "bf16" else "no")
+        ctx = Context(recipe, Path(work), data, acc, False, lambda *a, **k: None, None if cache is None else Path(cache))
+        if kind == "source":
+            _seed_source(ctx, key, seed)
+        else:
+            _arm(ctx, key, seed)
+    except WarmstartError as err:  # exceptions with custom constructors do not survive pickling
+        raise RuntimeError(err.line()) from None
+
+
+def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
+    """Train every source, then every arm, of every seed, `jobs` at a time in worker processes.
+
+    Arms depend only on their source, so once the sources exist the arms are
+    independent runs: on a CPU with N cores, N single-threaded arms side by
+    side finish sooner than one N-threaded arm after another (a tiny model's
+    matrices are too small to keep several threads busy). Each run is the
+    same deterministic run as in the sequential loop, which afterwards only
+    reads the finished results.
+    """
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import time
+
+    r = ctx.recipe
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cache = None if ctx.source_cache is None else str(ctx.source_cache)
+    used = {a.source for a in r.arms if a.source}
+    phases = [[("source", name, seed) for seed in range(seeds) for name in r.sources if name in used],
+              [("arm", i, seed) for seed in range(seeds) for i in range(len(r.arms))]]
+    ctx.say(f"training {jobs} runs at a time, {threads} thread(s) each")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for phase in phases:
+            started = time.perf_counter()
+            futures = {pool.submit(_job, r, str(ctx.work), cpu, cache, threads, *job): job for job in phase}
+            for fut in cf.as_completed(futures):
+                kind, key, seed = futures[fut]
+                name = key if kind == "source" else r.arms[key].name
+                try:
+                    fut.result()
+                except RuntimeError as err:
+                    for other in futures:
+                        other.cancel()
+                    raise WarmstartError(f"{kind} {name} (seed {seed}): {err}") from None
+                ctx.say(f"{kind} {name} (seed {seed}): done ({time.perf_counter() - started:.0f} s into this phase)")
+
+
 def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = False, force: bool = False,
-              progress: bool = True, cpu: bool | None = None, source_cache: bool = True, say=print) -> dict:
-    """Run every arm of `recipe` for each seed and write the report; returns results.json's content."""
+              progress: bool = True, cpu: bool | None = None, source_cache: bool = True, say=print,
+              jobs: int = 1) -> dict:
+    """Run every arm of `recipe` for each seed and write the report; returns results.json's content.
+
+    `jobs` > 1 trains that many sources or arms at once in worker processes
+    (single-process runs only; under a distributed launch the ranks already
+    share every run).
+    """
     from accelerate import Accelerator
 
     from warmstart import assets
     from warmstart.bench import report
 
     seeds = seeds or recipe.seeds
+    if jobs < 1:
+        raise WarmstartError(f"--jobs must be at least 1, got {jobs}")
     if cpu is None:
         import torch
 
@@ -329,6 +399,9 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
         f"{recipe.tokens_per_step} tokens; {len(main.train):,} training / {len(main.val):,} held-out tokens "
         f"(vocab {main.vocab_size}); working in {work}")
+
+    if jobs > 1 and acc.num_processes == 1:
+        _run_jobs(ctx, seeds, jobs, cpu)
 
     runs: list[dict] = []
     for seed in range(seeds):

@@ -21,8 +21,15 @@ def register(sub) -> None:
                    help="train every source and scratch arm (by default one trained earlier with exactly the same "
                         "data and settings is reused from the cache; a source's cost is counted either way)")
     add_threads(p)
+    add_jobs(p, 1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def add_jobs(p, default) -> None:
+    p.add_argument("--jobs", type=int, default=default,
+                   help="sources and arms trained at once, each in its own process with cores/jobs torch threads "
+                        f"(default {default}); on a CPU, one job per core finishes the runs soonest")
 
 
 def add_threads(p) -> None:
@@ -58,7 +65,7 @@ def run(args) -> int:
     set_threads(args.threads)
     results = run_bench(recipe, args.out, seeds=args.seeds, resume=args.resume, force=args.force,
                         progress=not args.quiet, cpu=device_flag(args.device),
-                        source_cache=not args.no_cache)
+                        source_cache=not args.no_cache, jobs=args.jobs)
     if results is not None:
         from pathlib import Path
 
