@@ -320,8 +320,13 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cache = None if ctx.source_cache is None else str(ctx.source_cache)
     used = {a.source for a in r.arms if a.source}
-    phases = [[("source", name, seed) for seed in range(seeds) for name in r.sources if name in used],
-              [("arm", i, seed) for seed in range(seeds) for i in range(len(r.arms))]]
+    def done(kind: str, name: str, seed: int) -> bool:
+        return (ctx.work / f"seed-{seed}" / f"{kind}s" / name / "result.json").exists()
+
+    phases = [[("source", name, seed) for seed in range(seeds) for name in r.sources
+               if name in used and not done("source", name, seed)],
+              [("arm", i, seed) for seed in range(seeds) for i in range(len(r.arms))
+               if not done("arm", r.arms[i].name, seed)]]
     ctx.say(f"training {jobs} runs at a time, {threads} thread(s) each")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         for phase in phases:
