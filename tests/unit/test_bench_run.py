@@ -229,3 +229,23 @@ def test_jobs_must_be_positive(setup, capsys):
     assert main(["bench", str(path), "--out", str(tmp / "bad"), "--jobs", "0"]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
     assert not (tmp / "bad").exists() and not (tmp / ".bad.partial").exists()
+
+
+def test_report_says_why_there_is_no_best_arm(setup):
+    """With no best warm arm, the report tells 'never reached' apart from 'started below the target'."""
+    from warmstart.bench import recipe as R
+    from warmstart.bench.report import markdown
+
+    tmp, path = setup
+    assert main(["bench", str(path), "--out", str(tmp / "out"), "--quiet", "--threads", "1"]) == 0
+    results = json.loads((tmp / "out" / "results.json").read_text())
+    recipe = R.load(path)
+    results["best"]["arm"] = None
+    warm = [a for a in results["summary"]["arms"].values() if a["kind"] != "scratch"]
+    assert warm
+    for a in warm:
+        a["flags"] = [f for f in a["flags"] if f != "starts_below"]
+    assert "No warm arm reaches the target within its budget." in markdown(recipe, results)
+    for a in warm:
+        a["flags"].append("starts_below")
+    assert "Every warm arm starts at or below the target" in markdown(recipe, results)

@@ -188,7 +188,13 @@ def markdown(recipe, results: dict) -> str:
     lines.append("")
     best, frac = results["best"]["arm"], results["best"]["fraction_with_source"]
     if best is None:
-        lines.append("No warm arm to compare.")
+        warm = [a for a in results["summary"]["arms"].values() if a["kind"] != "scratch"]
+        if not warm:
+            lines.append("No warm arm to compare.")
+        elif all("starts_below" in a["flags"] for a in warm):
+            lines.append("Every warm arm starts at or below the target, so no speedup can be given (see the flags).")
+        else:
+            lines.append("No warm arm reaches the target within its budget.")
     else:
         verdict = "meets" if results["best"]["meets_goal"] else "does not meet"
         lines.append(f"**Best warm arm: `{best}`**, reaching the target with {_pct(frac)} of scratch's FLOPs, source "
