@@ -11,8 +11,8 @@ def register(sub) -> None:
                                    "speedup table and the plot's path. A finished demo in --out is reused (its arms "
                                    "are not retrained) unless --force.")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 400; 800 for a wider margin over seeds)")
-    p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 400)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 800)")
+    p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 800)")
     p.add_argument("--seeds", type=int, default=1, help="seeds (default 1); medians are reported")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="train on the CPU or an accelerator (default: an accelerator if present)")
