@@ -320,6 +320,7 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cache = None if ctx.source_cache is None else str(ctx.source_cache)
     used = {a.source for a in r.arms if a.source}
+
     def done(kind: str, name: str, seed: int) -> bool:
         return (ctx.work / f"seed-{seed}" / f"{kind}s" / name / "result.json").exists()
 

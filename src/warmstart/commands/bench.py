@@ -21,15 +21,11 @@ def register(sub) -> None:
                    help="train every source and scratch arm (by default one trained earlier with exactly the same "
                         "data and settings is reused from the cache; a source's cost is counted either way)")
     add_threads(p)
-    add_jobs(p, 1)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="sources and arms trained at once, each in its own process with cores/jobs torch threads "
+                        "(default 1); on a CPU, one job per core finishes the runs soonest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def add_jobs(p, default) -> None:
-    p.add_argument("--jobs", type=int, default=default,
-                   help="sources and arms trained at once, each in its own process with cores/jobs torch threads "
-                        f"(default {default}); on a CPU, one job per core finishes the runs soonest")
 
 
 def add_threads(p) -> None:
