@@ -91,7 +91,6 @@ def run(args) -> int:
         print()
     recipe = R.parse(demo_recipe(args.steps, args.source_steps), "<demo recipe>")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     resume = not args.force and (out.exists() or (out.parent / f".{out.name}.partial").exists())
     if resume:
         print(f"(continuing the demo in {out}: finished arms are reused; --force retrains)")
