@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from warmstart import __version__
+from warmstart.checkpoint.atomic import Terminated, install_signal_handlers
 from warmstart.errors import WarmstartError
 
 
@@ -42,13 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    install_signal_handlers()
     try:
         result = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`warmstart schedule show ... | head -1`): stop quietly, as `cat` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except WarmstartError as err:
         if args.debug:
             raise
         print(f"warmstart: error: {err.line()}", file=sys.stderr)
         return err.exit_code
+    except Terminated:
+        print("warmstart: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("warmstart: interrupted", file=sys.stderr)
         return 130

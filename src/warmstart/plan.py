@@ -17,6 +17,7 @@ use in the plan, so peak memory stays a few tensors whatever the model size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES
@@ -152,14 +153,18 @@ def output_tensors(plan: Plan) -> list[OutputTensor]:
 
 def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: bool = False,
             max_shard_bytes: int | None = None, progress: bool = False, desc: str = "writing",
-            finish=None, generation_config: dict | None = None):
-    """Write the plan's outputs as a model directory (streaming, atomic)."""
+            finish=None, generation_config: dict | None = None, record: dict | None = None):
+    """Write the plan's outputs as a model directory (streaming, atomic).
+
+    The output may not overlap any of the plan's source checkpoints.
+    """
     from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, write_model
 
+    inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).exists()]
     return write_model(
         out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, progress=progress, desc=desc,
-        finish=finish, generation_config=generation_config,
+        finish=finish, generation_config=generation_config, inputs=inputs, record=record,
     )
 
 

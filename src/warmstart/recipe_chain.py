@@ -78,7 +78,7 @@ def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]],
     from warmstart.plan import execute
 
     code = parse_user_dtype(dtype)
-    out = check_output(out, force)
+    out = check_output(out, force, [src, optimizer_state])
     model = open_model(src)
     transform = registry.chain(model, steps)
     carry = None

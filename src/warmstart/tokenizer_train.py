@@ -42,7 +42,7 @@ def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: i
 
     if vocab_size < 1:
         raise WarmstartError(f"--vocab-size must be positive, got {vocab_size}")
-    out = check_output(out, force)
+    out = check_output(out, force, [*corpus, *([like] if like is not None else [])])
     paths = check_corpus(corpus)
     base = load_tokenizer(like) if like is not None else _byte_level_bpe()
     try:
@@ -50,6 +50,6 @@ def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: i
     except Exception as err:  # the trainers reject settings with plain exceptions
         raise WarmstartError(f"tokenizer training failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                              like) from err
-    with atomic_directory(out, force) as tmp:
+    with atomic_directory(out, force, [*corpus, *([like] if like is not None else [])]) as tmp:
         trained.save_pretrained(str(tmp))
     return trained

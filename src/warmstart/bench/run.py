@@ -37,6 +37,7 @@ from pathlib import Path
 from warmstart.bench import data as D
 from warmstart.bench import metrics as M
 from warmstart.bench.recipe import Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
 
 SOURCE_FORMAT = 1
@@ -142,11 +143,8 @@ def _seed_source(ctx: Context, name: str, seed: int) -> Path:
 def _link(src: Path, dst: Path, accelerator) -> None:
     """Copy a finished run (from the cache) into the bench directory, atomically (main process)."""
     if accelerator.is_main_process and not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"))
-        os.rename(tmp, dst)
+        with replacing_directory(dst, keep_existing=True) as tmp:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"), dirs_exist_ok=True)
     accelerator.wait_for_everyone()
 
 
@@ -398,9 +396,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
 
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        tmp = work / ".recipe.json.partial"
-        tmp.write_text(json.dumps({**_merged(stored, mine), "seeds": seeds}, indent=2))
-        os.replace(tmp, stored)
+        write_text(stored, json.dumps({**_merged(stored, mine), "seeds": seeds}, indent=2))
     acc.wait_for_everyone()
     say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
         f"{recipe.tokens_per_step} tokens; {len(main.train):,} training / {len(main.val):,} held-out tokens "
@@ -432,13 +428,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
                                                               "val_tokens": int(len(main.val)),
                                                               "vocab_size": main.vocab_size})
         if work != final:
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                os.rename(final, old)
-                os.rename(work, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(work, final)
+            swap_in(work, final)
         # Paths inside results now point into the final directory.
         results = json.loads((final / "results.json").read_text())
     acc.wait_for_everyone()

@@ -18,7 +18,7 @@ def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_s
     from warmstart.plan import Plan, copy_step, execute
 
     code = parse_user_dtype(dtype)
-    check_output(out, force)
+    check_output(out, force, [src])
     ckpt = Checkpoint(src)
     plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()]).with_dtype(code)
     config = dict(ckpt.config)

@@ -180,12 +180,12 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, check_output
 
     path = Path(path)
-    check_output(out, force)
+    check_output(out, force, [path])
     reader = open_gguf(path)
     config = llama_config(reader, path, dtype)
     tensors = gguf_tensors(reader, config, dtype, path)
     write_model(
-        out, tensors, config=config, force=force, progress=progress, desc="importing",
+        out, tensors, config=config, force=force, inputs=[path], progress=progress, desc="importing",
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
         finish=lambda d: save_tokenizer(path, d),
     )

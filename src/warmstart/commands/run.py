@@ -26,7 +26,7 @@ def run(args) -> int:
     recipe, steps = load_recipe(args.recipe)
     model_path = args.model or recipe.model
     out = args.out or recipe.out
-    check_output(out, args.force)
+    check_output(out, args.force, [model_path, args.recipe])
     plan_recipe_steps(open_model(model_path), steps, Path(args.recipe))
     result = apply_chain(model_path, out, steps, dtype=args.dtype or recipe.dtype, force=args.force,
                          max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,

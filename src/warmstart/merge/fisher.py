@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from warmstart.checkpoint.atomic import replacing
 from warmstart.checkpoint.safetensors_format import read_header
 from warmstart.merge.methods import MergeError
 
@@ -207,16 +207,8 @@ def _writable(directory: Path) -> bool:
 def _save_atomic(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def ensure_fisher(model_dir, data_file=None, batches: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,

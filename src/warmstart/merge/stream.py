@@ -259,7 +259,7 @@ def merge_checkpoints(
     from warmstart.plan import Plan, Ref, Step, execute
 
     code = parse_user_dtype(dtype)
-    out = check_output(out, force)
+    out = check_output(out, force, [*inputs, fisher_data])
     if len(inputs) < 2:
         raise MergeError("merging needs at least two checkpoints, got one", inputs[0] if inputs else None)
     params = dict(weights=weights, ema_decay=ema_decay, ema_half_life=ema_half_life, steps=steps,

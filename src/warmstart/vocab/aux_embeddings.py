@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from warmstart.checkpoint.atomic import replacing
 from warmstart.errors import WarmstartError
 
 AUX_FORMAT = 1  # bump when the training recipe changes, so old caches are not reused
@@ -105,15 +105,8 @@ def _workers() -> int:
 
 
 def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def token_vectors(vocab, files: Sequence[str | Path], *, dim: int = 100, epochs: int = 5, window: int = 5,

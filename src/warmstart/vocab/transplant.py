@@ -205,7 +205,7 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
     meth = get_method(method)
-    out = check_output(out, force)
+    out = check_output(out, force, [model_dir, tokenizer, *corpus, donor, *(aligned or ())])
     model_dir = Path(model_dir)
     code = parse_user_dtype(dtype)
     model = open_model(model_dir)
