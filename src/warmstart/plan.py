@@ -36,6 +36,21 @@ class Ref:
     name: str
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an output tensor comes from, kept through :func:`compose`.
+
+    ``copy``: the bytes of source tensor `ref`; ``transform``: computed from
+    source tensors (a width operation, a merge); ``fresh``: a new parameter
+    (zeros, a new initialization, or a copy placed in a new block), standing
+    where `ref` stood if it has a counterpart. Optimizer-state carry-over
+    reads this: copied moments for a copy, zero moments for a fresh tensor.
+    """
+
+    kind: str  # "copy", "transform" or "fresh"
+    ref: Ref | None = None
+
+
 @dataclass
 class Step:
     name: str
@@ -44,10 +59,19 @@ class Step:
     inputs: tuple[Ref, ...]
     fn: Callable[..., Any] = identity
     note: str = ""
+    origin: Origin | None = None  # None: derived from inputs and fn (see `provenance`)
 
     @property
     def is_copy(self) -> bool:
         return self.fn is identity and len(self.inputs) == 1
+
+    @property
+    def provenance(self) -> Origin:
+        if self.origin is not None:
+            return self.origin
+        if not self.inputs:
+            return Origin("fresh")
+        return Origin("copy", self.inputs[0]) if self.is_copy else Origin("transform")
 
 
 @dataclass
@@ -68,7 +92,7 @@ class Plan:
         if dtype is None:
             return self
         steps = [
-            Step(s.name, s.shape, dtype if s.dtype in FLOAT_CODES else s.dtype, s.inputs, s.fn, s.note)
+            Step(s.name, s.shape, dtype if s.dtype in FLOAT_CODES else s.dtype, s.inputs, s.fn, s.note, s.origin)
             for s in self.steps
         ]
         return Plan(self.sources, steps)
@@ -89,9 +113,10 @@ def compose(outer: Plan, inner: Plan) -> Plan:
     steps = []
     for s in outer.steps:
         feeders = [by_name[r.name] for r in s.inputs]
+        origin = _composed_origin(s.provenance, by_name)
         if s.is_copy:
             f = feeders[0]
-            steps.append(Step(s.name, s.shape, s.dtype, f.inputs, f.fn, s.note or f.note))
+            steps.append(Step(s.name, s.shape, s.dtype, f.inputs, f.fn, s.note or f.note, origin))
             continue
         inputs: list[Ref] = []
         spans = []
@@ -102,8 +127,18 @@ def compose(outer: Plan, inner: Plan) -> Plan:
         def fn(*args, _spans=tuple(spans), _outer=s.fn):
             return _outer(*(g(*args[a:a + n]) for a, n, g in _spans))
 
-        steps.append(Step(s.name, s.shape, s.dtype, tuple(inputs), fn, s.note))
+        steps.append(Step(s.name, s.shape, s.dtype, tuple(inputs), fn, s.note, origin))
     return Plan(inner.sources, steps)
+
+
+def _composed_origin(outer: Origin, inner: dict[str, Step]) -> Origin:
+    """The provenance of an outer step in terms of the inner plan's sources."""
+    if outer.kind == "transform" or outer.ref is None:
+        return Origin(outer.kind)
+    below = inner[outer.ref.name].provenance
+    if outer.kind == "copy":
+        return below  # a copy of a copy is a copy; a copy of something fresh is fresh
+    return Origin("fresh", below.ref if below.kind != "transform" else None)
 
 
 class TensorCache:

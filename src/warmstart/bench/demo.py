@@ -68,6 +68,6 @@ def demo_recipe(steps: int | None = None, source_steps: int | None = None) -> di
 def smollm2_summary() -> str:
     """`warmstart inspect` of the real SmolLM2-135M checkpoint (fetched once into the cache)."""
     from warmstart import assets
-    from warmstart.inspect import format_summary, summarize
+    from warmstart.arch.summary import format_summary, summarize
 
     return format_summary(summarize(assets.smollm2()))

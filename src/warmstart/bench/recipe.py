@@ -39,6 +39,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from warmstart.errors import SpecError
+from warmstart.ops import registry
+from warmstart.ops.chain import parse_steps
 
 
 class RecipeError(SpecError):
@@ -319,10 +321,8 @@ def check(recipe: Recipe) -> None:
         if arm.source is not None and arm.source not in recipe.sources:
             known = ", ".join(recipe.sources) or "none defined"
             raise RecipeError(f"{where}.source: unknown source {arm.source!r} (sources: {known})")
-        for j, step in enumerate(arm.grow or []):
-            op = step.get("op")
-            if not isinstance(op, str):
-                raise RecipeError(f"{arm.grow_path(i, j, 'op')}: name the operation (e.g. op: stack)")
+        if arm.grow is not None:
+            parse_steps(arm.grow, where=lambda j, _i=i, _a=arm: _a.grow_path(_i, j), error=RecipeError)
         if arm.source is not None:
             check_arm_shape(recipe, i)
 
@@ -357,34 +357,10 @@ def grow_chain(arm: ArmSpec) -> list[tuple[str, dict]]:
 
 
 def plan_chain(model, arm: ArmSpec, index: int):
-    """Plan the arm's chain on `model`, naming the failing step's field on error."""
-    from warmstart.arch.spec import describe
-    from warmstart.errors import WarmstartError
-    from warmstart.ops.registry import Transform, apply
-    from warmstart.plan import PlannedCheckpoint, compose
-
-    total = None
-    current = model
-    steps = grow_chain(arm)
-    for j, (name, params) in enumerate(steps):
-        try:
-            t = apply(current, name, **params)
-        except TypeError as err:  # an unknown parameter name
-            import re
-
-            m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-            if not m:
-                raise
-            raise RecipeError(f"{arm.grow_path(index, j, m.group(1))}: {name} has no parameter {m.group(1)!r}") from None
-        except WarmstartError as err:
-            param = getattr(err, "param", None)
-            if "unknown" in err.message and "method" in err.message:
-                raise RecipeError(f"{arm.grow_path(index, j, 'op')}: {err.message}") from None
-            raise RecipeError(f"{arm.grow_path(index, j, param)}: {err.message}") from None
-        total = t if total is None else Transform(compose(t.plan, total.plan), t.config, None, [], t.maps)
-        if j + 1 < len(steps):
-            current = describe(PlannedCheckpoint(total.plan, t.config, f"<after {name}>"))
-    return total
+    """Plan the arm's chain on `model` (the one chain of :mod:`warmstart.ops.registry`), errors naming the field."""
+    at = lambda j: arm.grow_path(index, j)  # noqa: E731
+    steps = parse_steps(arm.grow, where=at, error=RecipeError)
+    return registry.chain(model, steps, where=at, error=RecipeError)
 
 
 def check_arm_shape(recipe: Recipe, index: int, vocab_size: int = 2048) -> None:

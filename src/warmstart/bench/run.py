@@ -26,7 +26,6 @@ trains everything.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from warmstart.bench import data as D
 from warmstart.bench import metrics as M
 from warmstart.bench.recipe import Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.ops.registry import OPERATIONS
 from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
 
@@ -149,9 +149,7 @@ def _link(src: Path, dst: Path, accelerator) -> None:
 
 
 def _with_seed(params: dict, op: str, seed: int) -> dict:
-    from warmstart.ops.registry import get
-
-    if "seed" not in params and "seed" in inspect.signature(get(op).fn).parameters:
+    if "seed" not in params and "seed" in OPERATIONS.parameters(op):
         return {**params, "seed": seed}
     return params
 

@@ -100,7 +100,7 @@ def run(args) -> int:
                         jobs=args.jobs or default_jobs(args.device))
     if results is None:  # a non-main process of a distributed launch
         return 0
-    from warmstart.inspect import summarize
+    from warmstart.arch.summary import summarize
 
     grown = out / "seed-0" / "grown" / "grown"
     source = out / "seed-0" / "sources" / "small" / "final"

@@ -21,9 +21,9 @@ only computed tensors are the zeros of LLaMA Pro's inserted blocks.
 - ``drop`` (shrink): keep N evenly spaced blocks, or the first N.
 
 Each Transform's ``maps`` holds ``layers`` (source block of each output
-block), ``new_layers`` (output blocks that are new, i.e. LLaMA Pro's inserted
-blocks) and ``tensor_sources`` ({output tensor: (source tensor, is_new)}),
-which the optimizer-state carry-over follows.
+block) and ``new_layers`` (output blocks that are new, i.e. LLaMA Pro's
+inserted blocks). The tensors of new blocks are marked ``fresh`` in the plan
+(:class:`~warmstart.plan.Origin`), which the optimizer-state carry-over follows.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from warmstart.errors import ParamError
 from warmstart.ops.registry import Transform, register
-from warmstart.plan import Plan, Ref, Step
+from warmstart.plan import Origin, Plan, Ref, Step
 
 # Roles that write into the residual stream: zero in an inserted LLaMA Pro block.
 RESIDUAL_OUTPUT_ROLES = ("attn.o.weight", "attn.o.bias", "mlp.down.weight", "mlp.down.bias")
@@ -115,12 +115,11 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
     roles = model.layout.roles
     head = block_prefix(model)
     steps: list[Step] = []
-    sources: dict[str, tuple[str, bool]] = {}
 
     def copy(name: str, out: str, new: bool) -> None:
         info = ckpt.info(name)
-        steps.append(Step(out, tuple(info.shape), info.dtype, (Ref(0, name),), note="new block" if new else ""))
-        sources[out] = (name, new)
+        steps.append(Step(out, tuple(info.shape), info.dtype, (Ref(0, name),), note="new block" if new else "",
+                          origin=Origin("fresh", Ref(0, name)) if new else None))
 
     for item in order:
         if item is not None:
@@ -134,8 +133,7 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 if new and role is not None and role.role in RESIDUAL_OUTPUT_ROLES:
                     info = ckpt.info(name)
                     steps.append(Step(out, tuple(info.shape), info.dtype, (), Zeros(info.shape, info.dtype),
-                                      note="new block: zero residual output"))
-                    sources[out] = (name, True)
+                                      note="new block: zero residual output", origin=Origin("fresh", Ref(0, name))))
                 else:
                     copy(name, out, new)
     config = model.family.set_dims(model.config, layers=len(layer_map))
@@ -143,7 +141,7 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
         value = config.get(key)
         if isinstance(value, list) and len(value) == L:
             config[key] = [value[s] for s in layer_map]
-    maps = {"layers": list(layer_map), "new_layers": sorted(new_layers), "tensor_sources": sources}
+    maps = {"layers": list(layer_map), "new_layers": sorted(new_layers)}
     return Transform(Plan([ckpt], steps), config, exact, notes, maps)
 
 
