@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warmstart.checkpoint import copy_model
+from warmstart.plan import copy_model
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
 from warmstart.arch.summary import summarize

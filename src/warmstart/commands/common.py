@@ -56,3 +56,23 @@ def print_verify(source, out) -> int:
     for line in report.lines():
         print(line)
     return 0
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is faster on a machine busy with "
+                        "other work)")
+
+
+def set_threads(n) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise WarmstartError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def device_flag(value: str):
+    return {"auto": None, "cpu": True, "gpu": False}[value]

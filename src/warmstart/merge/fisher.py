@@ -34,6 +34,7 @@ from typing import Iterable
 
 from warmstart.checkpoint.atomic import replacing
 from warmstart.checkpoint.safetensors_format import read_header
+from warmstart.checkpoint.tensor_file import TensorFile
 from warmstart.merge.methods import MergeError
 
 FISHER_FILE = "fisher.safetensors"
@@ -281,7 +282,6 @@ class FisherFile:
     """A stored Fisher, read tensor by tensor like a checkpoint."""
 
     def __init__(self, path: Path):
-        from warmstart.merge.stream import TensorFile
 
         self.path = Path(path)
         try:
