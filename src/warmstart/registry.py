@@ -80,8 +80,11 @@ class Registry(Generic[E]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def items(self):
+    def items(self) -> list[tuple[str, E]]:
         return sorted(self.load().items())
+
+    def values(self) -> list[E]:
+        return [e for _, e in self.items()]
 
     # -- parameters -----------------------------------------------------------
     def parameters(self, name: str) -> dict[str, inspect.Parameter]:

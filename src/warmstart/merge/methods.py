@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from warmstart.errors import WarmstartError
+from warmstart.registry import Registry
 
 # |sum(weights) - 1| above this is "not summing to 1" for `weighted`.
 SUM_TOLERANCE = 1e-6
@@ -49,26 +50,16 @@ class MergeMethod:
     fisher: bool = False
 
 
-METHODS: dict[str, MergeMethod] = {}
+METHODS: Registry[MergeMethod] = Registry("merge method", error=MergeError)
 
 
 def register(name: str, summary: str, *, ordered: bool = False, fisher: bool = False):
     """Decorator: make `fn(n, **params) -> Coefficients` available as method `name`."""
-
-    def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = MergeMethod(name, fn, summary, ordered, fisher)
-        return fn
-
-    return wrap
+    return METHODS.decorator(name, lambda fn: MergeMethod(name, fn, summary, ordered, fisher))
 
 
 def get(name: str) -> MergeMethod:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MergeError(f"unknown merge method {name!r}; available: {', '.join(sorted(METHODS))}") from None
+    return METHODS.get(name)
 
 
 def resolve(name: str, n: int, **params) -> Coefficients:
@@ -77,10 +68,7 @@ def resolve(name: str, n: int, **params) -> Coefficients:
         raise MergeError(f"merging needs at least two inputs, got {n}")
     method = get(name)
     given = {k: v for k, v in params.items() if v is not None}
-    import inspect
-
-    accepted = set(inspect.signature(method.fn).parameters) - {"n"}
-    extra = sorted(set(given) - accepted)
+    extra = sorted(set(given) - set(METHODS.parameters(name)))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise MergeError(f"method {name!r} does not take {flags}")

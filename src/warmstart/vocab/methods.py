@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.registry import Registry
 from warmstart.vocab.match import Match, Vocab, retokenize
 
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
@@ -132,25 +133,17 @@ class Method:
     summary: str
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("vocabulary method")
 
 
 def register(name: str, needs: tuple[str, ...] = (), summary: str = ""):
     """Decorator: make `fn(ctx) -> Init` available as method `name`."""
-
-    def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"vocabulary method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, needs, summary or (fn.__doc__ or "").strip().splitlines()[0])
-        return fn
-
-    return wrap
+    return METHODS.decorator(
+        name, lambda fn: Method(name, fn, needs, summary or (fn.__doc__ or "").strip().splitlines()[0]))
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise WarmstartError(f"unknown vocabulary method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.get(name)
 
 
 def _bar(ctx: Context, total: int, desc: str):
