@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from warmstart.checkpoint.atomic import replacing_directory
+from warmstart.checkpoint.gguf import import_gguf
 from warmstart.errors import WarmstartError
 
 
@@ -95,7 +96,6 @@ def smollm2() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if target.exists():
         return target
-    from warmstart.checkpoint.gguf import import_gguf
 
     gguf = smollm2_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)

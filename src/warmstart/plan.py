@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from warmstart.checkpoint import atomic
-from warmstart.checkpoint.safetensors_format import FLOAT_CODES
-from warmstart.checkpoint.writer import OutputTensor
+from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.reader import Checkpoint
+from warmstart.checkpoint.safetensors_format import FLOAT_CODES, TensorInfo
+from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, write_model
 
 
 def identity(x):
@@ -194,8 +196,6 @@ def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: 
 
     The output may not overlap any of the plan's source checkpoints.
     """
-    from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, write_model
-
     inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).exists()]
     return write_model(
         out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
@@ -218,8 +218,6 @@ class PlannedCheckpoint:
 
     def __init__(self, plan: Plan, config: dict, label: str = "<planned>"):
         from pathlib import Path
-
-        from warmstart.checkpoint.safetensors_format import TensorInfo
 
         self.plan = plan
         self.config = config
@@ -256,9 +254,6 @@ def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_s
     Unchanged tensors are copied as bytes; `dtype` ('fp32', 'fp16', 'bf16')
     casts floating tensors. The tokenizer and generation files travel along.
     """
-    from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
-    from warmstart.checkpoint.reader import Checkpoint
-
     code = parse_user_dtype(dtype)
     atomic.check_output(out, force, [src])
     ckpt = Checkpoint(src)

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from warmstart import assets
 from warmstart.checkpoint.atomic import replacing_directory
 from warmstart.errors import WarmstartError
 
@@ -164,8 +165,6 @@ def prepare(corpora: dict[str, Sequence[Path]], *, vocab_size: int = 2048, heldo
     ``tokenizer.json`` (or a folder holding one) to use instead of training one,
     e.g. an existing checkpoint's. Returns name -> TokenData.
     """
-    from warmstart import assets
-
     if not 0.0 < heldout < 0.5:
         raise WarmstartError(f"heldout must be between 0 and 0.5, got {heldout}")
     if vocab_size < 260 or vocab_size > 2**31:

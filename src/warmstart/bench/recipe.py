@@ -38,9 +38,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from warmstart.arch.spec import describe
 from warmstart.errors import SpecError
 from warmstart.ops import registry
 from warmstart.ops.chain import parse_steps
+from warmstart.plan import Plan, PlannedCheckpoint, Step
 
 
 class RecipeError(SpecError):
@@ -331,9 +333,6 @@ def _planned_model(config: dict, label: str):
     """A Model with the config's tensor names and shapes and no data: growth chains plan against it."""
     import torch
     import transformers as tf
-
-    from warmstart.arch.spec import describe
-    from warmstart.plan import Plan, PlannedCheckpoint, Step
 
     cfg = dict(config)
     model_type = cfg.pop("model_type")

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from warmstart.bench import metrics as M
+from warmstart.bench.train import read_log
 from warmstart.checkpoint.atomic import write_text
 from warmstart.schedules.plot import save_figure
 
@@ -216,8 +217,6 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from warmstart.bench.train import read_log
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

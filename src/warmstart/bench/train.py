@@ -60,6 +60,7 @@ import numpy as np
 
 from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
+from warmstart.schedules.spec import ScheduleSpecError, resolve
 
 LOG_NAME = "log.jsonl"
 RESULT_NAME = "result.json"
@@ -111,8 +112,6 @@ class TrainResult:
 
 def lr_function(schedule, steps: int, peak: float) -> Callable[[int], float]:
     """Learning rate of the update with 0-based index ``step``."""
-    from warmstart.schedules.spec import ScheduleSpecError, resolve
-
     if schedule is None:
         schedule = f"cosine(warmup={max(1, steps // 20) if steps > 1 else 0}, min_ratio=0.1)"
     try:

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from warmstart import __version__
 from warmstart.errors import OutputExists, WarmstartError
 
 RECORD = "warmstart.json"  # the provenance record every output directory carries
@@ -260,8 +261,6 @@ def atomic_directory(out: str | os.PathLike, force: bool = False, inputs: Iterab
 
 
 def _finish_directory(tmp: Path, out: Path, force: bool, record: dict | None) -> None:
-    from warmstart import __version__
-
     files = _files_of(tmp)
     rec = {"warmstart": __version__, **(record or {}), "files": [f for f in files if f != RECORD]}
     (tmp / RECORD).write_text(json.dumps(rec, indent=2, default=str) + "\n")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from warmstart.checkpoint.writer import OutputTensor, write_model
+from warmstart.checkpoint.dtypes import code_to_torch
+from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, check_output, write_model
 from warmstart.errors import CheckpointError
 
 # GGUF tensor name -> HF Llama tensor name.
@@ -130,8 +131,6 @@ def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTen
     import torch
     from gguf.quants import dequantize
 
-    from warmstart.checkpoint.dtypes import code_to_torch
-
     heads = config["num_attention_heads"]
     kv_heads = config["num_key_value_heads"]
     outs = []
@@ -177,8 +176,6 @@ def save_tokenizer(path: Path, directory: Path) -> None:
 def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force: bool = False,
                 max_shard_bytes: int | None = None, progress: bool = False) -> Path:
     """Convert `path` (GGUF) into the Hugging Face directory `out`, streaming."""
-    from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, check_output
-
     path = Path(path)
     check_output(out, force, [path])
     reader = open_gguf(path)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from warmstart.checkpoint.dtypes import torch_to_code
 from warmstart.checkpoint.safetensors_format import TensorInfo, read_header, safe_join
 from warmstart.errors import CheckpointError
 
@@ -109,7 +110,6 @@ class Checkpoint:
 
     def _scan_bin(self, file: Path, referrer: Path | None) -> dict[str, TensorInfo]:
         state = self._load_bin(file)
-        from warmstart.checkpoint.dtypes import torch_to_code
 
         infos = {}
         for name, t in state.items():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from warmstart.checkpoint.atomic import atomic_directory, check_output  # noqa: F401  (re-exported)
+from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.checkpoint.safetensors_format import encode_header, nbytes_of
 from warmstart.errors import CheckpointError
 
@@ -99,8 +100,6 @@ def _copy_bytes(src: Path, offset: int, nbytes: int, dst) -> None:
 
 def _write_computed(t: OutputTensor, dst) -> None:
     import torch
-
-    from warmstart.checkpoint.dtypes import code_to_torch
 
     value = t.compute()
     if not isinstance(value, torch.Tensor):

@@ -32,7 +32,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from warmstart.assets import cache_dir
 from warmstart.checkpoint.atomic import replacing
+from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import read_header
 from warmstart.checkpoint.tensor_file import TensorFile
 from warmstart.merge.methods import MergeError
@@ -149,8 +151,6 @@ def token_batches(data_file: Path, encode, batches: int, batch_size: int, seq_le
 
 
 def _cache_location(model_dir: Path) -> Path:
-    from warmstart.assets import cache_dir
-
     key = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:20]
     return cache_dir() / "fisher" / key / FISHER_FILE
 
@@ -161,8 +161,6 @@ def fisher_locations(model_dir: Path) -> list[Path]:
 
 
 def weights_fingerprint(model_dir: Path) -> str:
-    from warmstart.checkpoint.reader import Checkpoint
-
     ckpt = Checkpoint(model_dir)
     parts = []
     for file in sorted({i.file for i in ckpt.tensors.values()}):
@@ -236,8 +234,6 @@ def ensure_fisher(model_dir, data_file=None, batches: int | None = None, *, batc
     found = find_fisher(model_dir, want)
     if found is not None:
         return found
-
-    from warmstart.checkpoint.reader import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     encode = load_tokenizer(model_dir)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from warmstart.errors import WarmstartError
 from warmstart.registry import Registry
+from warmstart.schedules.wsm import decay_multipliers, wsm_weights
 
 # |sum(weights) - 1| above this is "not summing to 1" for `weighted`.
 SUM_TOLERANCE = 1e-6
@@ -204,8 +205,6 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
     (or none) use :func:`warmstart.schedules.wsm.wsm_weights` as it is;
     unequal spacing takes the segment means over the same decay multipliers.
     """
-    from warmstart.schedules.wsm import decay_multipliers, wsm_weights
-
     steps = check_steps(steps, n)
     if steps is None:
         return list(wsm_weights(shape, n, CONTINUOUS_INTERVAL, end))

@@ -28,10 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES
 from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
+from warmstart.checkpoint.writer import check_output, write_json
+from warmstart.merge import combine
+from warmstart.merge.combine import all_finite
 from warmstart.merge.methods import Coefficients, MergeError, resolve
+from warmstart.plan import Plan, Ref, Step, execute
 
 # Config fields that may differ between checkpoints of one architecture.
 CONFIG_BOOKKEEPING = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
@@ -53,8 +58,6 @@ class ReaderSource:
     def get(self, name: str):
         def read():
             import torch
-
-            from warmstart.merge.combine import all_finite
 
             t = self.tensors.read(name)
             if t.is_floating_point() and not all_finite(t):
@@ -201,11 +204,6 @@ def merge_checkpoints(
     a loaded 2-core machine torch's default threads made the same merge
     about twice as slow (docs/merge.md).
     """
-    from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
-    from warmstart.checkpoint.writer import check_output, write_json
-    from warmstart.merge import combine
-    from warmstart.plan import Plan, Ref, Step, execute
-
     code = parse_user_dtype(dtype)
     out = check_output(out, force, [*inputs, fisher_data])
     if len(inputs) < 2:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.errors import ParamError
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Origin, Plan, Ref, Step
@@ -50,8 +51,6 @@ class Zeros:
 
     def __call__(self):
         import torch
-
-        from warmstart.checkpoint.dtypes import code_to_torch
 
         return torch.zeros(self.shape, dtype=code_to_torch(self.dtype))
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from warmstart.errors import CheckpointError, WarmstartError
+from warmstart.ops.registry import Transform
+from warmstart.plan import Plan, Ref, Step, copy_step
 
 HIDDEN, INTER, HEADS, KV = "hidden", "intermediate", "heads", "kv_heads"
 SPACES = (HIDDEN, INTER, HEADS, KV)
@@ -472,8 +474,6 @@ def build_plan(model, spec: WidthSpec):
     Buffers are copied; tensors of unknown role are copied when no axis has a
     size the operation changes, and refused otherwise.
     """
-    from warmstart.plan import Plan, Ref, Step, copy_step
-
     ckpt, layout, fam, maps = model.checkpoint, model.layout, model.family, spec.maps
     src = ckpt.path
     changed_sizes = {m.source * m.unit for m in maps.values() if not m.is_identity}
@@ -556,8 +556,6 @@ def output_config(model, targets: Targets, untie: bool) -> dict:
 
 def width_transform(model, targets: Targets, spec: WidthSpec, exact: bool):
     """Plan, config, notes and maps of a width operation."""
-    from warmstart.ops.registry import Transform
-
     plan, untie = build_plan(model, spec)
     kv = "kv_heads" in model.family.fields
     notes = [", ".join(targets.changes(model.dims, kv)) + f" (head_dim {model.dims.head_dim} kept)"]

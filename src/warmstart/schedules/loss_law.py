@@ -44,6 +44,7 @@ import numpy as np
 
 from warmstart.errors import WarmstartError
 from warmstart.schedules.phases import Warmup
+from warmstart.schedules.plot import save_figure
 from warmstart.schedules.spec import Schedule
 
 LOSS_KEYS = ("eval_loss", "loss", "train_loss")
@@ -504,8 +505,6 @@ def plot_prediction(pred: Prediction, out: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from warmstart.schedules.plot import save_figure
 
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(pred.log.steps, pred.log.losses, ".", ms=3, color="0.5", label=f"logged {pred.log.loss_key}")

@@ -45,9 +45,8 @@ from warmstart.schedules.phases import (
     phase_fields,
     required_fields,
 )
-
+from warmstart.schedules.presets import PRESETS
 from warmstart.schedules.schedule import SETTINGS, Schedule, ScheduleSpecError  # noqa: F401  (re-exported)
-
 
 _TOKEN = re.compile(r"\s*(?:(?P<sep>[;>:,()=])|(?P<word>[^\s;>:,()=]+))")
 
@@ -239,8 +238,6 @@ class _Parser:
         raise AssertionError  # pragma: no cover
 
     def _preset(self, body: list[_Tok], total):
-        from warmstart.schedules.presets import PRESETS
-
         head = body[0]
         fn = PRESETS.get(head.text)
         if fn is None:

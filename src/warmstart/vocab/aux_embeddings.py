@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from warmstart.assets import cache_dir
 from warmstart.checkpoint.atomic import replacing
 from warmstart.errors import WarmstartError
 
@@ -118,8 +119,6 @@ def token_vectors(vocab, files: Sequence[str | Path], *, dim: int = 100, epochs:
     """
     import gensim
     from gensim.models import FastText
-
-    from warmstart.assets import cache_dir
 
     paths = check_corpus(files)
     settings = f"fasttext-tokens v{AUX_FORMAT} dim={dim} epochs={epochs} window={window} seed={seed} gensim={gensim.__version__.split('.')[0]}"

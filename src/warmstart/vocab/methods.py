@@ -25,6 +25,7 @@ import numpy as np
 
 from warmstart.errors import WarmstartError
 from warmstart.registry import Registry
+from warmstart.vocab.aux_embeddings import read_vec, token_vectors
 from warmstart.vocab.match import Match, Vocab, retokenize
 
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
@@ -287,8 +288,6 @@ def fvt_method(ctx: Context) -> Init:
 
 
 def _aux(ctx: Context):
-    from warmstart.vocab.aux_embeddings import token_vectors
-
     aux = token_vectors(ctx.new, ctx.corpus, dim=int(ctx.option("aux_dim", 100)),
                         epochs=int(ctx.option("aux_epochs", 5)), seed=ctx.seed, progress=ctx.progress)
     ctx.timings["aux_training_s"] = aux.seconds
@@ -470,8 +469,6 @@ def check_aligned(src: Path, tgt: Path, src_words, src_vecs, tgt_words, tgt_vecs
 def wechsel_method(ctx: Context) -> Init:
     """WECHSEL: each new token is a softmax-weighted mix of its nearest old tokens in aligned word-vector space."""
     import torch
-
-    from warmstart.vocab.aux_embeddings import read_vec
 
     src, tgt = ctx.aligned
     limit = int(ctx.option("max_words", 200_000))

@@ -14,7 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from warmstart.checkpoint.writer import atomic_directory, check_output
 from warmstart.errors import WarmstartError
+from warmstart.vocab.aux_embeddings import check_corpus, text_chunks
+from warmstart.vocab.match import load_tokenizer
 
 DEFAULT_SPECIAL = "<|endoftext|>"
 
@@ -36,10 +39,6 @@ def _byte_level_bpe():
 def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: int, *, like: str | Path | None = None,
                     force: bool = False, progress: bool = False):
     """Train on `corpus` and save to `out`; returns the trained transformers tokenizer."""
-    from warmstart.checkpoint.writer import atomic_directory, check_output
-    from warmstart.vocab.aux_embeddings import check_corpus, text_chunks
-    from warmstart.vocab.match import load_tokenizer
-
     if vocab_size < 1:
         raise WarmstartError(f"--vocab-size must be positive, got {vocab_size}")
     out = check_output(out, force, [*corpus, *([like] if like is not None else [])])
