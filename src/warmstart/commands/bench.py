@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from warmstart.bench import recipe as R
+from warmstart.bench.run import run_bench
 from warmstart.commands.common import add_threads, device_flag, set_threads
+from warmstart.errors import WarmstartError
 
 
 def register(sub) -> None:
@@ -31,10 +34,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.bench import recipe as R
-    from warmstart.bench.run import run_bench
-    from warmstart.errors import WarmstartError
-
     if args.seeds is not None and args.seeds < 1:
         raise WarmstartError(f"--seeds must be at least 1, got {args.seeds}")
     recipe = R.load(args.recipe)

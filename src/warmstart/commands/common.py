@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from warmstart.errors import WarmstartError
+from warmstart.ops.chain import apply_chain
+from warmstart.verify import compare
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
@@ -33,8 +35,6 @@ def add_output_args(p) -> None:
 
 def write_chain(args, steps, *, where: str = "steps", path=None) -> int:
     """Apply `steps` to args.model as one streaming chain, print the summary, verify if asked (grow, shrink, run)."""
-    from warmstart.ops.chain import apply_chain
-
     result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
                          max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
                          optimizer_state=args.optimizer_state, where=where, path=path)
@@ -47,8 +47,6 @@ def write_chain(args, steps, *, where: str = "steps", path=None) -> int:
 
 def print_verify(source, out) -> int:
     import transformers
-
-    from warmstart.verify import compare
 
     transformers.utils.logging.disable_progress_bar()
 

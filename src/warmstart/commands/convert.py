@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from warmstart.commands.common import add_output_args, parse_size
+from warmstart.plan import copy_model
 
 
 def register(sub) -> None:
@@ -14,8 +15,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.plan import copy_model
-
     report = copy_model(args.model, args.out, dtype=args.dtype, force=args.force,
                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet)
     print(f"wrote {report.path} ({len(report.files)} files, {report.total_bytes / 1e6:.1f} MB; "

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from warmstart.arch.summary import summarize
+from warmstart.bench import recipe as R
+from warmstart.bench.demo import demo_recipe, smollm2_summary
+from warmstart.bench.run import run_bench
 from warmstart.commands.common import add_threads, device_flag, set_threads
+from warmstart.errors import WarmstartError
 
 
 def register(sub) -> None:
@@ -66,11 +71,6 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from warmstart.bench import recipe as R
-    from warmstart.bench.demo import demo_recipe, smollm2_summary
-    from warmstart.bench.run import run_bench
-    from warmstart.errors import WarmstartError
-
     for name in ("steps", "source_steps", "seeds", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -100,7 +100,6 @@ def run(args) -> int:
                         jobs=args.jobs or default_jobs(args.device))
     if results is None:  # a non-main process of a distributed launch
         return 0
-    from warmstart.arch.summary import summarize
 
     grown = out / "seed-0" / "grown" / "grown"
     source = out / "seed-0" / "sources" / "small" / "final"

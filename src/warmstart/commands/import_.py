@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from warmstart.checkpoint.dtypes import parse_user_dtype
+from warmstart.checkpoint.gguf import import_gguf
 from warmstart.commands.common import parse_size
 
 
@@ -17,9 +19,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.checkpoint.dtypes import parse_user_dtype
-    from warmstart.checkpoint.gguf import import_gguf
-
     out = import_gguf(args.gguf, args.out, dtype=parse_user_dtype(args.dtype), force=args.force,
                       max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet)
     print(f"imported {args.gguf} -> {out}")

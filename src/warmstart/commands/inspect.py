@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from warmstart.arch.summary import format_summary, summarize
+
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="print a model's family, shapes, parameter count and dtype")
@@ -13,8 +15,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.arch.summary import format_summary, summarize
-
     summary = summarize(args.model)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from warmstart.commands.common import add_output_args, parse_size
 from warmstart.errors import WarmstartError
+from warmstart.merge.methods import METHODS
+from warmstart.merge.stream import merge_checkpoints
 
 
 def _numbers(text: str | None, what: str, kind=float) -> list | None:
@@ -21,8 +23,6 @@ def _numbers(text: str | None, what: str, kind=float) -> list | None:
 
 
 def register(sub) -> None:
-    from warmstart.merge.methods import METHODS
-
     p = sub.add_parser(
         "merge", help="average checkpoints of one architecture: mean, weighted, ema, wsm, fisher",
         description="Merge checkpoints of the same architecture, shapes and tokenizer into one, "
@@ -52,8 +52,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.merge.stream import merge_checkpoints
-
     report = merge_checkpoints(
         args.out, args.checkpoints, args.method,
         weights=_numbers(args.weights, "--weights"),

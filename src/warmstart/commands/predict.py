@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from warmstart.errors import WarmstartError
+from warmstart.schedules.loss_law import plot_prediction, predict, read_log
+from warmstart.schedules.plot import check_output
+from warmstart.schedules.spec import resolve
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,11 +25,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.errors import WarmstartError
-    from warmstart.schedules.loss_law import plot_prediction, predict, read_log
-    from warmstart.schedules.plot import check_output
-    from warmstart.schedules.spec import resolve
-
     if args.steps is not None and args.steps < 1:
         raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
     if not 0.0 <= args.lam < 1.0:

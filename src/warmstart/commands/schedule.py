@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from warmstart.errors import WarmstartError
+from warmstart.schedules.plot import check_output, plot_schedules
+from warmstart.schedules.spec import resolve
+
 
 def register(sub) -> None:
     p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules")
@@ -30,9 +34,6 @@ def _no_action(args) -> int:
 
 
 def run(args) -> int:
-    from warmstart.errors import WarmstartError
-    from warmstart.schedules.spec import resolve
-
     if args.steps is not None and args.steps < 1:
         raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
     if args.peak is not None and not args.peak > 0:
@@ -45,8 +46,6 @@ def run(args) -> int:
         n = args.steps if args.steps is not None else sched.num_steps
         print(format_table(sched, n, peak=args.peak, every=args.every))
         return 0
-
-    from warmstart.schedules.plot import check_output, plot_schedules
 
     out = check_output(args.out, args.force)
     scheds = [resolve(spec, total=args.steps) for spec in args.specs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from warmstart.vocab.tokenizer_train import train_tokenizer
+
 
 def register(sub) -> None:
     p = sub.add_parser("tokenizer", help="train tokenizers (for warmstart vocab)")
@@ -20,8 +22,6 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from warmstart.vocab.tokenizer_train import train_tokenizer
-
     tok = train_tokenizer(args.corpus, args.out, args.vocab_size, like=args.like, force=args.force,
                           progress=not args.quiet)
     print(f"wrote {args.out}: {len(tok)} tokens")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from warmstart.errors import WarmstartError
+from warmstart.verify import TOLERANCE, compare
+
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="compare a grown or shrunk model with its source on real text "
@@ -22,9 +25,6 @@ def run(args) -> int:
     from pathlib import Path
 
     import transformers
-
-    from warmstart.errors import WarmstartError
-    from warmstart.verify import TOLERANCE, compare
 
     transformers.utils.logging.disable_progress_bar()  # one line per figure, no loading bars
 

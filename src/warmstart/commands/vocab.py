@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from warmstart.commands.common import add_output_args, parse_size
+from warmstart.vocab import transplant
 from warmstart.vocab.methods import METHODS
 
 
@@ -33,8 +34,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.vocab import transplant
-
     options = {"k": args.k, "temperature": args.temperature, "aux_dim": args.aux_dim, "aux_epochs": args.aux_epochs}
     report = transplant(args.model, args.out, args.tokenizer, args.method, mode=args.mode, corpus=args.corpus,
                         donor=args.donor, aligned=args.aligned_embeddings, options=options, seed=args.seed,
