@@ -191,11 +191,18 @@ def output_tensors(plan: Plan) -> list[OutputTensor]:
 
 def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: bool = False,
             max_shard_bytes: int | None = None, progress: bool = False, desc: str = "writing",
-            finish=None, generation_config: dict | None = None, record: dict | None = None):
+            finish=None, generation_config: dict | None = None, record: dict | None = None,
+            dtype: str | None = None):
     """Write the plan's outputs as a model directory (streaming, atomic).
 
-    The output may not overlap any of the plan's source checkpoints.
+    `dtype` (a safetensors code, see :func:`parse_user_dtype`) casts every
+    floating tensor and says so in config.json. The output may not overlap
+    any of the plan's source checkpoints.
     """
+    if dtype is not None:
+        plan = plan.with_dtype(dtype)
+        config = {k: v for k, v in config.items() if k != "dtype"}
+        config["torch_dtype"] = config_dtype_name(dtype)
     inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).exists()]
     return write_model(
         out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
@@ -257,10 +264,6 @@ def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_s
     code = parse_user_dtype(dtype)
     atomic.check_output(out, force, [src])
     ckpt = Checkpoint(src)
-    plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()]).with_dtype(code)
-    config = dict(ckpt.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
-    return execute(plan, Path(out), config=config, copy_files=ckpt.extra_files(), force=force,
+    plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()])
+    return execute(plan, Path(out), config=dict(ckpt.config), copy_files=ckpt.extra_files(), force=force, dtype=code,
                    max_shard_bytes=max_shard_bytes, progress=progress, desc="copying")

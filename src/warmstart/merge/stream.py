@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES
 from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
@@ -264,12 +264,8 @@ def merge_checkpoints(
             def fn(*readers):
                 return combine.combine_linear(readers, plain)
         steps_.append(Step(name, tuple(info.shape), info.dtype, refs, fn, note=method))
-    plan = Plan(sources, steps_).with_dtype(code)
-
+    plan = Plan(sources, steps_)
     config = dict(first.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
     copy_files = next((c.extra_files() for c in ckpts if c.extra_files()), [])
     record = {
         "method": method,
@@ -289,7 +285,7 @@ def merge_checkpoints(
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        report = execute(plan, out, config=config, copy_files=copy_files, force=force,
+        report = execute(plan, out, config=config, copy_files=copy_files, force=force, dtype=code,
                          max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merging ({method})",
                          finish=finish)
     finally:

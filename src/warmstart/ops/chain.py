@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warmstart.arch import open_model
 from warmstart.checkpoint.atomic import check_output
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.errors import ParamError, SpecError, WarmstartError
 from warmstart.ops import registry
 from warmstart.ops.optimizer_carry import OUTPUT_NAME, load_state, plan_carry, write_carry
@@ -92,11 +92,6 @@ def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]],
     carry = None
     if optimizer_state is not None:
         carry = plan_carry(model, transform, load_state(optimizer_state), [name for name, _ in steps])
-    plan = transform.plan.with_dtype(code)
-    config = dict(transform.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
 
     def finish(tmp: Path) -> None:
         if carry is not None:
@@ -104,7 +99,8 @@ def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]],
 
     record = {"command": "chain", "source": str(src), "steps": [{"op": n, **p} for n, p in steps],
               "exact": transform.exact}
-    report = execute(plan, out, config=config, copy_files=model.checkpoint.extra_files(), force=force,
+    report = execute(transform.plan, out, config=dict(transform.config), copy_files=model.checkpoint.extra_files(),
+                     force=force, dtype=code,
                      max_shard_bytes=max_shard_bytes, progress=progress, desc="writing", finish=finish,
                      record=record)
     result = ChainResult(out, steps, transform, report)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from warmstart.arch import open_model
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.checkpoint.writer import check_output
 from warmstart.errors import WarmstartError
 from warmstart.plan import Plan, Ref, Step, copy_step, execute
@@ -272,9 +272,6 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
 
     real_rows = len(old)
     config = _config_for(model, out_rows, roles)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
     gen = _generation_config(model_dir, config, roles)
 
     ckpt = model.checkpoint
@@ -295,13 +292,13 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                               note=f"vocabulary rows ({meth.name})"))
         else:
             steps.append(copy_step(0, ckpt, name))
-    plan = Plan([ckpt], steps).with_dtype(code)
+    plan = Plan([ckpt], steps)
 
     def finish(tmp: Path) -> None:
         save_tokenizer(str(tmp))
 
     t1 = time.perf_counter()
-    report = execute(plan, out, config=config, copy_files=[], force=force, max_shard_bytes=max_shard_bytes,
+    report = execute(plan, out, config=config, copy_files=[], force=force, dtype=code, max_shard_bytes=max_shard_bytes,
                      progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen)
     write_s = time.perf_counter() - t1
     combined = int(out_init.combined().sum())
