@@ -14,13 +14,7 @@ from tests.conftest import build_tiny
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def _tensors(path: Path) -> dict:

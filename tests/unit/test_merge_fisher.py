@@ -14,13 +14,7 @@ from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
 from warmstart.merge import fisher as fisher_mod
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 CHARS = [chr(i) for i in range(32, 127)]  # 95 printable characters: ids 0..94 < vocab 128

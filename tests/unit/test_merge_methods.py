@@ -10,13 +10,7 @@ import torch
 from warmstart.merge.memory import merge_state_dicts
 from warmstart.merge.methods import MergeError, resolve, wsm_coefficients
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def test_mean_coefficients():
