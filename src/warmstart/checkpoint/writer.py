@@ -189,6 +189,47 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
+def generates(config: dict) -> bool:
+    """A model that generates text (and so has a generation_config.json); an encoder does not."""
+    archs = config.get("architectures") or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    return config.get("model_type") not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
+
+
+def copy_extra_files(files: Sequence[Path], directory: Path) -> None:
+    """Copy tokenizer and other side files into `directory`, keeping their place below the model folder."""
+    if not files:
+        return
+    base = Path(os.path.commonpath([str(Path(p).parent) for p in files]))
+    for src in map(Path, files):
+        dst = directory / src.relative_to(base)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def sentence_transformers_follow(directory: Path, config: dict) -> None:
+    """Keep a sentence-transformers model whole: module folders exist, pooling knows the new width."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    hidden = config.get("hidden_size", config.get("n_embd", config.get("d_model")))
+    for m in modules if isinstance(modules, list) else []:
+        if not isinstance(m, dict) or not isinstance(m.get("path"), str) or not m["path"]:
+            continue
+        folder = directory / m["path"]
+        if not folder.resolve().is_relative_to(directory.resolve()):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)  # Normalize has no files: sentence-transformers still wants it
+        pooling = folder / "config.json"
+        if str(m.get("type", "")).endswith("Pooling") and pooling.is_file() and hidden:
+            cfg = json.loads(pooling.read_text(encoding="utf-8"))
+            if cfg.get("word_embedding_dimension") != hidden:
+                cfg["word_embedding_dimension"] = hidden
+                write_json(pooling, cfg)
+
+
 def generation_config_for(config: dict) -> dict | None:
     """A minimal generation config for a causal LM whose source had none."""
     keys = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -215,13 +256,12 @@ def write_model(out: str | Path, tensors: Sequence[OutputTensor], *, config: dic
     with atomic_directory(out, force, [*inputs, *sorted(sources)], record) as tmp:
         report = write_weights(tmp, tensors, max_shard_bytes=max_shard_bytes, progress=progress, desc=desc)
         write_json(tmp / "config.json", config)
-        names = {p.name for p in copy_files}
-        for src in copy_files:
-            shutil.copyfile(src, tmp / src.name)
-        if "generation_config.json" not in names:
+        copy_extra_files(copy_files, tmp)
+        if not (tmp / "generation_config.json").exists() and generates(config):
             gen = generation_config if generation_config is not None else generation_config_for(config)
             if gen is not None:
                 write_json(tmp / "generation_config.json", gen)
+        sentence_transformers_follow(tmp, config)
         if finish is not None:
             finish(tmp)
     report.path = Path(out)
