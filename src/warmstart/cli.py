@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from warmstart import __version__
+from warmstart.checkpoint import atomic
 from warmstart.checkpoint.atomic import Terminated, install_signal_handlers
 from warmstart.errors import WarmstartError
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     install_signal_handlers()
+    atomic.COMMAND = ["warmstart", *argv]
     try:
         result = args.func(args)
         sys.stdout.flush()

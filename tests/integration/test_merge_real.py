@@ -12,7 +12,7 @@ from warmstart.cli import main
 @pytest.mark.integration
 def test_mean_of_real_model_with_itself_is_bitwise_the_model(smollm2_dir, tmp_path):
     out = tmp_path / "merged"
-    assert main(["merge", str(out), str(smollm2_dir), str(smollm2_dir), "--quiet"]) == 0
+    assert main(["merge", str(smollm2_dir), str(smollm2_dir), str(out), "--quiet"]) == 0
     a, b = Checkpoint(out), Checkpoint(smollm2_dir)
     assert a.names() == b.names()
     for n in b.names():

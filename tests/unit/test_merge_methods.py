@@ -62,7 +62,7 @@ def test_ema_half_life_in_steps():
     # Per-step decay with --steps: d ** gap
     c = resolve("ema", 2, ema_decay=0.99, steps=[0, 10]).values
     assert c[0] == pytest.approx(0.99 ** 10)
-    with pytest.raises(MergeError, match="--steps"):
+    with pytest.raises(MergeError, match="--input-steps"):
         resolve("ema", 2, ema_half_life=100)
     with pytest.raises(MergeError, match="must increase"):
         resolve("ema", 3, ema_half_life=100, steps=[0, 200, 100])

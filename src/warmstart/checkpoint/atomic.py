@@ -41,6 +41,7 @@ from warmstart import __version__
 from warmstart.errors import OutputExists, WarmstartError
 
 RECORD = "warmstart.json"  # the provenance record every output directory carries
+COMMAND: list[str] | None = None  # the command line, when run from the CLI: recorded in every output's RECORD
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
@@ -275,7 +276,8 @@ def _temporary(path: Path, directory: bool) -> Iterator[Path]:
 
 def _finish_directory(tmp: Path, out: Path, force: bool, record: dict | None) -> None:
     files = _files_of(tmp)
-    rec = {"warmstart": __version__, **(record or {}), "files": [f for f in files if f != RECORD]}
+    rec = {"warmstart": __version__, **({"command": COMMAND} if COMMAND else {}), **(record or {}),
+           "files": [f for f in files if f != RECORD]}
     (tmp / RECORD).write_text(json.dumps(rec, indent=2, default=str) + "\n")
     follow_umask(tmp)
     if os.path.lexists(out):

@@ -13,6 +13,7 @@ or not), read only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,31 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 
 # Files copied along with the weights when a model is written back out.
+def fingerprint(model_dir: str | Path) -> str:
+    """A hash that changes when the model's content does, without reading its weights.
+
+    It covers config.json and, for every weight file, its name, size and
+    safetensors header (names, dtypes, shapes and byte offsets of every
+    tensor); other weight files count by name and size. Cheap on a 70B
+    checkpoint, where a full content hash would read every byte.
+    """
+    h = hashlib.sha256()
+    root = Path(model_dir)
+    files = [root / "config.json", *root.glob("*.safetensors"), *root.glob("*.bin"), *root.glob("*.index.json")]
+    for f in sorted(set(files)):
+        if not f.is_file():
+            continue
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            if f.suffix == ".safetensors":
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                h.update(head + fh.read(min(n, 100_000_000)))
+            elif f.suffix == ".json":
+                h.update(fh.read(10_000_000))
+    return "sha256:" + h.hexdigest()
+
+
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+
+from warmstart.commands.common import examples
 from warmstart.errors import WarmstartError
 from warmstart.schedules.loss_law import plot_prediction, predict, read_log
 from warmstart.schedules.plot import check_output
@@ -12,6 +15,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="fit a loss-vs-schedule law to a training log and predict the loss of another schedule",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples("warmstart predict runs/tiny/seed-0/arms/scratch/log.jsonl --fit-schedule "
+                        "'cosine(warmup=1, min_ratio=0.1)' --schedule 'wsd(decay=0.2)' --out pred.png"),
     )
     p.add_argument("log", help="JSONL or CSV log with step, lr and eval_loss/loss/train_loss")
     p.add_argument("--fit-schedule", required=True, metavar="SPEC", help="the schedule the logged run used")

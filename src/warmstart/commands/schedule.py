@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+
+from warmstart.commands.common import examples
 from warmstart.errors import WarmstartError
 from warmstart.schedules.plot import check_output, plot_schedules
 from warmstart.schedules.spec import resolve
 
 
 def register(sub) -> None:
-    p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules")
+    p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart schedule show 'wsd(total=1000, warmup=50, decay=0.2)' --every 100",
+                                       "warmstart schedule plot cosine 'wsd(decay=0.2)' --steps 1000 --out lr.pdf"))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=_no_action, _parser=p)
 
-    show = actions.add_parser("show", help="print step and lr as a table")
+    show = actions.add_parser("show", help="print step and lr as a table",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=examples("warmstart schedule show 'peak=3e-4; warmup:linear:100 > "
+                                              "decay:cosine:900' --every 100"))
     show.add_argument("spec", help="schedule spec, e.g. 'peak=3e-4; warmup:linear:100 > decay:cosine:900' or a .yaml/.json file")
     show.add_argument("--steps", type=int, default=None, help="rows up to this many steps (default: the schedule's length); also the total for a bare preset")
     show.add_argument("--peak", type=float, default=None, help="peak lr (overrides the spec's peak=)")
     show.add_argument("--every", type=int, default=1, help="print every K-th step (the last step is always printed)")
     show.set_defaults(func=run)
 
-    plot = actions.add_parser("plot", help="draw several schedules on one figure")
+    plot = actions.add_parser("plot", help="draw several schedules on one figure",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=examples("warmstart schedule plot cosine 'wsd(decay=0.2)' --steps 1000 "
+                                              "--out lr.png"))
     plot.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs (or spec files)")
     plot.add_argument("--steps", type=int, default=None, help="x range (default: the longest schedule); also the total for bare presets")
     plot.add_argument("--peak", type=float, default=None, help="peak lr for every schedule (overrides peak=)")
-    plot.add_argument("--out", required=True, help="PNG file to write")
+    plot.add_argument("--out", required=True, help="figure to write: .png, .pdf or .svg")
     plot.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     plot.set_defaults(func=run)
 

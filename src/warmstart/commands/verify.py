@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from warmstart.errors import WarmstartError
-from warmstart.verify import TOLERANCE, compare, hamlet_text
+import argparse
+import json
+
+from warmstart import api
+from warmstart.commands.common import examples, quiet
+from warmstart.verify import TOLERANCE
 
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="compare a grown or shrunk model with its source on real text "
-                                      "(logit difference, top-1 agreement, loss; sentence similarity for encoders)")
+                                      "(logit difference, top-1 agreement, loss; sentence similarity for encoders)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart verify SmolLM2-135M SmolLM2-grown --expect-exact",
+                                       "warmstart verify SmolLM2-135M SmolLM2-grown --text hamlet --json"))
     p.add_argument("source", help="source model directory")
     p.add_argument("grown", help="the model derived from it")
     p.add_argument("--text", metavar="FILE", help="text file to run on, or 'hamlet' for the Shakespeare passage "
@@ -17,27 +24,14 @@ def register(sub) -> None:
     p.add_argument("--expect-exact", action="store_true",
                    help="exit 1 unless the relative difference is within 1e-4 (and top-1 agreement is 100%%)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # one line per figure, no loading bars
-
-    text, name = None, "built-in paragraph"
-    if args.text == "hamlet" and not Path(args.text).exists():
-        text, name = hamlet_text(), "Hamlet passage"
-    elif args.text is not None:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8", errors="replace")
-        except OSError as err:
-            raise WarmstartError(f"cannot read text file: {err.strerror or err}", args.text) from None
-        name = f"text in {args.text}"
-    report = compare(args.source, args.grown, text=text, max_tokens=args.max_tokens, text_name=name)
+    quiet(args)
+    transformers_quiet()
+    report = api.verify(args.source, args.grown, text=args.text, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps({**report.as_dict(), "passed": report.passed()}, indent=2))
     else:
@@ -49,3 +43,9 @@ def run(args) -> int:
             return 1
         print(f"exact within {TOLERANCE:g} relative")
     return 0
+
+
+def transformers_quiet() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # one line per figure, no loading bars

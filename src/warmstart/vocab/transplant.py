@@ -51,13 +51,22 @@ class TransplantReport:
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     tensors_computed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        return [self.summary()]
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["path"] = str(self.path)
+        return d
 
     def summary(self) -> str:
         t = self.timings
         aux = ""
         if "aux_training_s" in t:
             aux = " (cached)" if t.get("aux_cached") else f" (+ {t['aux_training_s']:.1f}s aux-embedding training)"
-        return (f"wrote {self.path}: {self.method}/{self.mode}, vocabulary {self.old_vocab} -> {self.rows} rows; "
+        return (f"{'would write' if self.dry_run else 'wrote'} {self.path}: {self.method}/{self.mode}, vocabulary {self.old_vocab} -> {self.rows} rows; "
                 f"{self.copied} copied, {self.combined} combined, {self.filled} filled; "
                 f"special roles kept: {', '.join(sorted(self.by_role)) or 'none'}; "
                 f"rows computed in {t.get('method_s', 0):.1f}s{aux}, written in {t.get('write_s', 0):.1f}s")
@@ -197,7 +206,7 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                mode: str = "replace", corpus: Sequence[str | Path] = (), donor: str | Path | None = None,
                aligned: tuple[str | Path, str | Path] | None = None, options: dict[str, Any] | None = None,
                seed: int = 0, force: bool = False, dtype: str | None = None, max_shard_bytes: int | None = None,
-               progress: bool = False) -> TransplantReport:
+               progress: bool = False, dry_run: bool = False) -> TransplantReport:
     """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`."""
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
@@ -299,7 +308,9 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
 
     t1 = time.perf_counter()
     report = execute(plan, out, config=config, copy_files=[], force=force, dtype=code, max_shard_bytes=max_shard_bytes,
-                     progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen)
+                     progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen,
+                     dry_run=dry_run, record={"command": "vocab", "method": meth.name, "mode": mode, "seed": seed,
+                                              "tokenizer": str(tokenizer), "exact": False})
     write_s = time.perf_counter() - t1
     combined = int(out_init.combined().sum())
     filled = int(out_init.filled().sum())
@@ -307,5 +318,5 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
         path=report.path, method=meth.name, mode=mode, old_vocab=len(old), new_vocab=len(new), rows=out_rows,
         copied=int((out_init.source >= 0).sum()), combined=combined, filled=filled, by_role=match.by_role,
         stats=init.stats, timings={**ctx.timings, "method_s": method_s, "write_s": write_s},
-        tensors_computed=sorted(vocab_tensors),
+        tensors_computed=sorted(vocab_tensors), dry_run=dry_run,
     )
