@@ -13,11 +13,13 @@ input, before anything is written::
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from warmstart.checkpoint.atomic import RECORD
 from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.errors import WarmstartError
 from warmstart.ops import registry
@@ -64,7 +66,17 @@ class InspectResult:
     def lines(self) -> list[str]:
         from warmstart.arch.summary import format_summary
 
-        return format_summary(self.summary).splitlines()
+        out = format_summary(self.summary).splitlines()
+        rec = self.summary.get("provenance")
+        if rec:
+            how = " ".join(rec["command"]) if rec.get("command") else (
+                " -> ".join(s["op"] for s in rec.get("chain", [])) or "warmstart")
+            out.append(f"{'made by':<12}  warmstart {rec.get('warmstart', '?')}: {how}")
+            for src in rec.get("sources", []):
+                out.append(f"{'from':<12}  {src['path']} ({src['fingerprint'][:19]}...)")
+            if rec.get("exact") is not None:
+                out.append(f"{'exact':<12}  {'yes' if rec['exact'] else 'no (a warm start)'}")
+        return out
 
     def as_dict(self) -> dict:
         return self.summary
@@ -264,7 +276,13 @@ def inspect(model) -> InspectResult:
     """Family, shapes, parameters, dtypes, and the provenance of a warmstart output."""
     from warmstart.arch.summary import summarize
 
-    return InspectResult(summarize(model))
+    summary = summarize(model)
+    try:
+        rec = json.loads((Path(model) / RECORD).read_text(encoding="utf-8"))
+        summary["provenance"] = {k: v for k, v in rec.items() if k != "files"} if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        summary["provenance"] = None
+    return InspectResult(summary)
 
 
 def compare(source, derived, *, text: str | None = None, max_tokens: int = 128):

@@ -85,21 +85,22 @@ class ChainResult:
         return out
 
 
-_BLOCK = re.compile(r"^(.*?\.(?:layers|layer|h|blocks)\.\d+)\.")
+_BLOCK = re.compile(r"([A-Za-z0-9_.]*?(?:layers|layer|h|blocks)\.\d+)\.")
 
 
 def block_summary(tensors: list[dict]) -> list[str]:
     """One line per output block (and one for the rest): how many tensors, and where they come from."""
     groups: dict[str, list[str]] = {}
     for t in tensors:
-        m = _BLOCK.match(t["name"])
+        m = _BLOCK.match(t["name"])  # anchored: the output block itself
         groups.setdefault(m.group(1) if m else "outside the blocks", []).append(t["from"])
     out = []
     for name, froms in groups.items():
         kinds: dict[str, int] = {}
         for f in froms:
-            m = _BLOCK.search(f.split(" of ", 1)[-1].split("from ", 1)[-1] + ".")
-            key = f.split(" ", 1)[0] + (f" {m.group(1)}" if m else "")
+            kind = {"copy": "copied", "new,": "new", "new": "new"}.get(f.split(" ", 1)[0], "computed")
+            m = _BLOCK.search(f + ".")
+            key = f"{kind} from {m.group(1)}" if m else kind
             kinds[key] = kinds.get(key, 0) + 1
         out.append(f"{name} ({len(froms)} tensors): " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     return out
