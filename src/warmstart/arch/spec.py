@@ -16,7 +16,18 @@ Block roles (per layer ``i``): ``attn.{q,k,v,o}.{weight,bias}`` or the fused
 ``attn.qkv.{weight,bias}``, ``mlp.{gate,up,down}.{weight,bias}`` (``up`` is the
 input projection and ``down`` the output projection of a plain MLP too),
 ``norm_attn.{weight,bias}`` and ``norm_mlp.{weight,bias}``: the norm in front
-of (pre-norm) or behind (post-norm) the attention and the MLP.
+of (pre-norm) or behind (post-norm) the attention and the MLP;
+``norm_attn_out.{weight,bias}`` and ``norm_mlp_out.{weight,bias}``: a norm on
+the attention's or the MLP's output before it is added to the residual stream
+(Gemma 2/3's post-norms, OLMo 2's only norms); ``attn.{q,k}_norm.weight``:
+a norm on the queries and keys (per head or over the whole projection, see
+``Family.qk_norm``); the fused ``mlp.gate_up.{weight,bias}`` (gate rows, then
+up rows).
+
+Family properties that change what an operation must do are declared on the
+:class:`Family` (``norm_offset``, ``embed_scale``, ``qk_norm``, ``fused_qkv``,
+``fused_gate_up``, ``norm_position``, ``per_layer_config``); operations read
+them, never the model type.
 """
 
 from __future__ import annotations
@@ -28,7 +39,17 @@ from typing import Any
 
 from warmstart.errors import CheckpointError, UnsupportedArchitecture
 
-FAMILY_MODULES = ("llama", "gpt2", "bert")
+FAMILY_MODULES = ("llama", "gpt2", "bert", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2")
+
+# Where a family's norms sit, for Family.norm_position.
+NORM_POSITIONS = {
+    "pre": "pre-norm (a norm in front of each sublayer)",
+    "post": "post-norm (a norm on the residual stream after each sublayer's addition)",
+    "sandwich": "sandwich norm (a norm in front of and behind each sublayer, inside its branch)",
+    "branch-post": "sublayer post-norm (a norm behind each sublayer, inside its branch; none in front)",
+}
+# Embedding multipliers a family applies inside the model, for Family.embed_scale.
+EMBED_SCALES = {"sqrt_hidden": "sqrt(hidden_size)"}
 
 
 @dataclass(frozen=True)
@@ -60,8 +81,14 @@ class Family:
     fields: dict[str, str]  # dims field -> config key
     defaults: dict[str, Any] = field(default_factory=dict)  # config defaults of the transformers class
     norm: str = "rms"  # "rms" or "layer"
-    norm_position: str = "pre"  # "pre" or "post"
+    norm_position: str = "pre"  # a key of NORM_POSITIONS
+    norm_offset: float = 0.0  # the norms compute x_hat * (norm_offset + weight) (Gemma: 1)
+    embed_scale: str | None = None  # a key of EMBED_SCALES: the model multiplies the embedding output by it
+    qk_norm: str | None = None  # "head" (one norm of head_dim shared by the heads) or "projection" (over all heads)
     fused_qkv: bool = False
+    fused_gate_up: bool = False  # one gate_up projection: gate rows then up rows
+    per_layer_config: tuple[str, ...] = ()  # config entries with one value per layer (follow the layer map)
+    facts: tuple[tuple[str, str], ...] = ()  # (label, config key) reported by inspect when set
     conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D)
     gated_mlp: bool = True
     causal: bool = True
@@ -113,11 +140,59 @@ class Family:
             out[name] = value
         return out
 
+    @property
+    def normalizes_residual(self) -> bool:
+        """Whether a norm sits on the residual stream itself (post-norm), not only inside the branches."""
+        return self.norm_position == "post"
+
+    def embed_multiplier(self, hidden: int) -> float:
+        """What the model multiplies the embedding output by at this hidden size (1.0 if nothing)."""
+        if self.embed_scale is None:
+            return 1.0
+        if self.embed_scale == "sqrt_hidden":
+            return float(hidden) ** 0.5
+        raise ValueError(f"{self.name}: unknown embed_scale {self.embed_scale!r}")
+
+    def per_layer_values(self, config: dict, layers: int) -> dict[str, list]:
+        """The config's per-layer lists, made explicit.
+
+        A list missing from config.json is what the transformers config class
+        derives from it (e.g. Gemma 3's sliding-window pattern, Qwen's
+        max_window_layers), so that it can follow a layer map.
+        """
+        out: dict[str, list] = {}
+        missing = []
+        for key in self.per_layer_config:
+            value = config.get(key)
+            if isinstance(value, list):
+                out[key] = list(value)
+            else:
+                missing.append(key)
+        if missing:
+            derived = _config_class_values(config, missing)
+            for key in missing:
+                value = derived.get(key)
+                if isinstance(value, list):
+                    out[key] = list(value)
+        return {k: v for k, v in out.items() if len(v) == layers}
+
     # -- names --------------------------------------------------------------
     def tensor_name(self, role: str, layer: int | None = None, prefix: str = "") -> str:
         if layer is None:
             return prefix + self.global_roles[role]
         return prefix + self.block_roles[role].format(i=layer)
+
+
+def _config_class_values(config: dict, keys: list[str]) -> dict:
+    """Values that transformers' config class of `config` derives for `keys` (empty when it has none)."""
+    try:
+        from transformers import AutoConfig
+
+        rest = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+        cfg = AutoConfig.for_model(config["model_type"], **rest)
+    except Exception:  # no transformers class for it: nothing derived
+        return {}
+    return {k: getattr(cfg, k, None) for k in keys}
 
 
 @dataclass(frozen=True)
