@@ -246,3 +246,25 @@ def test_inspect_prints_family_facts(sources, capsys):
     assert "whole projection" in capsys.readouterr().out
     assert main(["inspect", str(sources["qwen3"])]) == 0
     assert "GGGL" in capsys.readouterr().out  # implied by max_window_layers=3, made explicit
+
+
+# -- merge: offset norms ------------------------------------------------------------------------------------
+def test_merge_with_raw_coefficients_combines_effective_offset_norm_weights(tmp_path, capsys):
+    """Gemma stores w of x_hat * (1 + w): 0.6 and 0.6 of two models is 0.6(1+a) + 0.6(1+b) = 1 + (0.6a + 0.6b + 0.2)."""
+    from safetensors.torch import load_file
+
+    a_dir, b_dir = T.build("gemma", tmp_path / "a", seed=1), T.build("gemma", tmp_path / "b", seed=2)
+    out = tmp_path / "out"
+    assert main(["merge", str(out), str(a_dir), str(b_dir), "--method", "weighted", "--weights", "0.6,0.6",
+                 "--no-normalize", "--quiet"]) == 0
+    a, b, m = (load_file(str(d / "model.safetensors")) for d in (a_dir, b_dir, out))
+    for name in ("model.norm.weight", "model.layers.1.post_attention_layernorm.weight"):
+        assert torch.allclose(m[name], 0.6 * a[name] + 0.6 * b[name] + 0.2, atol=1e-6)
+    name = "model.layers.0.mlp.down_proj.weight"  # not a norm: the plain combination
+    assert torch.allclose(m[name], 0.6 * a[name] + 0.6 * b[name], atol=1e-6)
+    # A plain average needs no shift.
+    out2 = tmp_path / "mean"
+    assert main(["merge", str(out2), str(a_dir), str(b_dir), "--quiet"]) == 0
+    m2 = load_file(str(out2 / "model.safetensors"))
+    assert torch.allclose(m2["model.norm.weight"], 0.5 * a["model.norm.weight"] + 0.5 * b["model.norm.weight"],
+                          atol=1e-6)

@@ -140,6 +140,11 @@ class Family:
             out[name] = value
         return out
 
+    @staticmethod
+    def is_norm_weight(role: str) -> bool:
+        """Whether `role` is the weight of a norm (the one the norm_offset applies to)."""
+        return role.endswith("norm.weight") or (role.startswith("norm_") and role.endswith(".weight"))
+
     @property
     def normalizes_residual(self) -> bool:
         """Whether a norm sits on the residual stream itself (post-norm), not only inside the branches."""
@@ -302,6 +307,21 @@ class Model:
     @property
     def config(self) -> dict:
         return self.checkpoint.config
+
+
+def offset_norm_tensors(checkpoint) -> tuple[float, set[str]]:
+    """(offset, names of the norm weights it applies to) for a checkpoint of a family with offset norms.
+
+    (0.0, empty) when the family has none or is not known: nothing to adapt.
+    """
+    try:
+        family = family_for_config(checkpoint.config)
+    except Exception:
+        return 0.0, set()
+    if not family.norm_offset:
+        return 0.0, set()
+    layout = Layout(family, checkpoint.names(), checkpoint.path)
+    return family.norm_offset, {n for n, r in layout.roles.items() if family.is_norm_weight(r.role)}
 
 
 def describe(checkpoint) -> Model:
