@@ -13,7 +13,8 @@ from pathlib import Path
 
 # family name -> (config class, model class, config overrides beyond the common tiny sizes)
 _COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6)
+               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+               bos_token_id=0, eos_token_id=1)
 _SLIDING = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
 
 FAMILY_CONFIGS: dict[str, tuple[str, str, dict]] = {
@@ -30,7 +31,11 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict]] = {
                                                                   query_pre_attn_scalar=8)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, sliding_window=None)),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict()),
+    # GPT-2 names its sizes differently: its entry replaces the common ones.
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64,
+                                                       bos_token_id=0, eos_token_id=1)),
 }
+_OWN_SIZES = ("gpt2",)
 # Families whose config.json should *not* list layer_types (it is implied by other fields).
 _IMPLIED_LAYER_TYPES = ("qwen2", "qwen3")
 
@@ -43,7 +48,7 @@ def build(family: str, path: str | Path, seed: int = 0, **overrides) -> Path:
     tf.logging.set_verbosity_error()
     cfg_name, model_name, extra = FAMILY_CONFIGS[family]
     torch.manual_seed(seed)
-    cfg = {**_COMMON, **extra, **overrides}
+    cfg = {**({} if family in _OWN_SIZES else _COMMON), **extra, **overrides}
     config = getattr(tf, cfg_name)(**cfg)
     model = getattr(tf, model_name)(config).eval()
     with torch.no_grad():

@@ -22,7 +22,7 @@ from warmstart.ops import registry
 from warmstart.plan import execute
 from warmstart.verify import TOLERANCE, compare_models
 
-FAMILIES = list(T.FAMILY_CONFIGS)
+FAMILIES = [f for f in T.FAMILY_CONFIGS if f != "gpt2"]  # GPT-2 has its own tests (test_width, test_depth)
 NEW = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2")
 
 
@@ -125,7 +125,7 @@ def test_outputs_load_in_their_own_class_and_generate(sources, tmp_path, family)
     assert type(model) is cls
     assert model.config.num_hidden_layers == 6
     ids = T.token_ids(n=5, batch=1)
-    gen = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    gen = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
     assert gen.shape == (1, 8)
 
 
