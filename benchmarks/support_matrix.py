@@ -133,6 +133,36 @@ def _vocab(mode):
     return run
 
 
+def _gguf(family, src, out, work):
+    """Write the model as GGUF (F16 and Q8_0) and import it; the output is compared with transformers' loader."""
+    import gguf
+    import numpy as np
+
+    from warmstart import tiny_families as T
+    from warmstart.checkpoint.gguf import GGUF_ARCHS, import_gguf
+
+    arch = T.GGUF_ARCH_OF[family]
+    if arch not in GGUF_ARCHS:  # a file of that architecture, to show the refusal
+        path = work / "model.gguf"
+        w = gguf.GGUFWriter(str(path), arch)
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        import_gguf(path, out)
+    # transformers' GGUF config for qwen3 ignores the head size and takes 128: give the model that head size
+    model = T.build(family, work / "g", **({"head_dim": 128} if family == "qwen3" else {}))
+    for quant in ("F16", "Q8_0"):
+        (work / quant).mkdir()
+        path = work / quant / "model.gguf"
+        T.write_gguf(model, path, arch, quant)
+        target = work / f"imported-{quant}"
+        import_gguf(path, target)
+        _loads_and_generates(family, target)
+    return True, "", ("gguf", work / "Q8_0" / "model.gguf", work / "imported-Q8_0")
+
+
 # label -> runner(family, src, out, work) -> (claims exact, reason, compared logit columns or None)
 COLUMNS = {
     "expand": _ops([("expand", {"layers": 6})]),
@@ -150,6 +180,7 @@ COLUMNS = {
     "merge (mean, weighted, ema, wsm)": _merge,
     "vocab fvt (extend)": _vocab("extend"),
     "vocab fvt (replace)": _vocab("replace"),
+    "GGUF import (vs transformers' loader)": _gguf,
 }
 
 
@@ -162,13 +193,25 @@ def cell(family: str, column: str, src: Path, work: Path) -> str:
         exact, reason, columns = COLUMNS[column](family, src, out, work)
     except WarmstartError as err:
         return "refused: " + err.message.split("; ")[0].split(" (")[0]
-    _loads_and_generates(family, out)
-    if not exact:
-        return "warm start"
-    ids = T.token_ids()
-    a, b = T.logits(src, ids), T.logits(out, ids)
-    if columns is not None:
-        b = b[..., :columns]
+    if isinstance(columns, tuple):  # GGUF: our import against transformers' GGUF loader
+        import torch
+        import transformers as tf
+
+        _, gguf_path, out = columns
+        ref = tf.AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                      dtype=torch.float32).eval()
+        ids = T.token_ids()
+        with torch.no_grad():
+            a = ref(input_ids=ids).logits.float()
+        b = T.logits(out, ids)
+    else:
+        _loads_and_generates(family, out)
+        if not exact:
+            return "warm start"
+        ids = T.token_ids()
+        a, b = T.logits(src, ids), T.logits(out, ids)
+        if columns is not None:
+            b = b[..., :columns]
     diff = float((a - b).abs().max())
     rel = diff / float(a.abs().max())
     top1 = bool((a.argmax(-1) == b.argmax(-1)).all())

@@ -7,7 +7,7 @@ from warmstart.commands.common import parse_size
 
 def register(sub) -> None:
     p = sub.add_parser("import", help="convert a GGUF file into a Hugging Face safetensors directory")
-    p.add_argument("gguf", help="GGUF file (llama architecture)")
+    p.add_argument("gguf", help="GGUF file (llama, mistral, qwen2, qwen3, phi3, gemma2 or gemma3 architecture)")
     p.add_argument("out", help="output directory")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dequantized dtype (default fp32)")
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
