@@ -12,7 +12,8 @@ own transformers class, generates two tokens, and classifies:
   power of ten so the table is stable; ``0.0`` means bit-identical) with
   top-1 agreement 100%;
 - ``warm start``: the operation does not claim exactness (its note says why);
-- ``refused: ...``: the operation refuses this family, with its reason.
+- ``refused: ...``: the operation refuses this family, with its reason;
+- ``n/a: ...``: the operation does not apply to this family, and why.
 
 A cell that claims exactness and measures otherwise is ``FAILED`` (the test
 of the table fails too).
@@ -82,7 +83,7 @@ def _loads_and_generates(family: str, out: Path) -> None:
     model = cls.from_pretrained(str(out), local_files_only=True).eval()
     if type(model) is not cls:
         raise AssertionError(f"loaded as {type(model).__name__}")
-    ids = T.token_ids(n=4, batch=1, vocab=min(128, model.config.vocab_size))
+    ids = T.token_ids(n=4, batch=1, vocab=min(120, model.config.get_text_config().vocab_size))
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
     if gen.shape[1] != 6:
@@ -141,7 +142,9 @@ def _gguf(family, src, out, work):
     from warmstart import tiny_families as T
     from warmstart.checkpoint.gguf import GGUF_ARCHS, import_gguf
 
-    arch = T.GGUF_ARCH_OF[family]
+    arch = T.GGUF_ARCH_OF.get(family)
+    if arch is None:
+        return None, "a GGUF holds the text model only (a gemma3 GGUF is imported as gemma3_text)", None
     if arch not in GGUF_ARCHS:  # a file of that architecture, to show the refusal
         path = work / "model.gguf"
         w = gguf.GGUFWriter(str(path), arch)
@@ -193,6 +196,8 @@ def cell(family: str, column: str, src: Path, work: Path) -> str:
         exact, reason, columns = COLUMNS[column](family, src, out, work)
     except WarmstartError as err:
         return "refused: " + err.message.split("; ")[0].split(" (")[0]
+    if exact is None:
+        return "n/a: " + reason
     if isinstance(columns, tuple):  # GGUF: our import against transformers' GGUF loader
         import torch
         import transformers as tf

@@ -47,7 +47,7 @@ def summarize(path) -> dict:
 
 def family_facts(model) -> dict[str, str]:
     """What the family does differently from a plain Llama, as declared in its spec and set in its config."""
-    from warmstart.arch.spec import EMBED_SCALES, NORM_POSITIONS
+    from warmstart.arch.spec import EMBED_SCALES, NORM_POSITIONS, get_config_value
 
     fam, d, cfg = model.family, model.dims, model.config
     facts: dict[str, str] = {}
@@ -65,13 +65,13 @@ def family_facts(model) -> dict[str, str]:
     if fused:
         facts["fused projections"] = ", ".join(fused)
     for label, key in fam.facts:
-        value = cfg.get(key)
+        value = get_config_value(cfg, key)
         if value is not None:
             facts[label] = str(value)
     for key, values in fam.per_layer_values(cfg, d.layers).items():
         counts = {v: values.count(v) for v in dict.fromkeys(values)}
         pattern = "".join("L" if v == "sliding_attention" else "G" if v == "full_attention" else "?" for v in values)
-        facts[key] = ", ".join(f"{n} {v}" for v, n in counts.items()) + (
+        facts[key.split(".")[-1]] = ", ".join(f"{n} {v}" for v, n in counts.items()) + (
             f" (L = sliding, G = global: {pattern})" if set(pattern) - {"?"} else "")
     return facts
 

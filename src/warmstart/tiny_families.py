@@ -31,6 +31,12 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict]] = {
                                                                   query_pre_attn_scalar=8)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, sliding_window=None)),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict()),
+    # Gemma 3 multimodal: the common sizes go into text_config; a one-layer vision tower rides along.
+    "gemma3": ("Gemma3Config", "Gemma3ForConditionalGeneration", dict(
+        text_config=dict(head_dim=8, sliding_window=4, layer_types=_SLIDING, query_pre_attn_scalar=8),
+        vision_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126, image_token_index=127)),
     # GPT-2 names its sizes differently: its entry replaces the common ones.
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64,
                                                        bos_token_id=0, eos_token_id=1)),
@@ -48,7 +54,10 @@ def build(family: str, path: str | Path, seed: int = 0, **overrides) -> Path:
     tf.logging.set_verbosity_error()
     cfg_name, model_name, extra = FAMILY_CONFIGS[family]
     torch.manual_seed(seed)
-    cfg = {**({} if family in _OWN_SIZES else _COMMON), **extra, **overrides}
+    if "text_config" in extra:  # a nested text model takes the common sizes and the overrides
+        cfg = {**extra, "text_config": {**_COMMON, **extra["text_config"], **overrides}}
+    else:
+        cfg = {**({} if family in _OWN_SIZES else _COMMON), **extra, **overrides}
     config = getattr(tf, cfg_name)(**cfg)
     model = getattr(tf, model_name)(config).eval()
     with torch.no_grad():

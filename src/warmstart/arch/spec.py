@@ -10,7 +10,8 @@ Role names
 ----------
 Global roles: ``embed.weight``, ``pos_embed.weight``, ``type_embed.weight``,
 ``embed_norm.{weight,bias}``, ``final_norm.{weight,bias}``, ``head.weight``,
-``head.bias``, ``pooler.{weight,bias}``.
+``head.bias``, ``pooler.{weight,bias}``, ``mm_proj.weight`` (a multimodal
+projector writing into the text hidden space, stored ``[other, hidden]``).
 
 Block roles (per layer ``i``): ``attn.{q,k,v,o}.{weight,bias}`` or the fused
 ``attn.qkv.{weight,bias}``, ``mlp.{gate,up,down}.{weight,bias}`` (``up`` is the
@@ -39,7 +40,7 @@ from typing import Any
 
 from warmstart.errors import CheckpointError, UnsupportedArchitecture
 
-FAMILY_MODULES = ("llama", "gpt2", "bert", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2")
+FAMILY_MODULES = ("llama", "gpt2", "bert", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_multimodal", "phi3", "olmo2")
 
 # Where a family's norms sit, for Family.norm_position.
 NORM_POSITIONS = {
@@ -93,15 +94,14 @@ class Family:
     gated_mlp: bool = True
     causal: bool = True
     prefixes: tuple[str, ...] = ("",)  # accepted prefixes in front of every name
+    outer_roles: dict[str, str] = field(default_factory=dict)  # role -> full name, outside the prefix (projectors)
     buffers: tuple[str, ...] = ()  # regexes of non-parameter tensors (position_ids, masks)
     auto_class: str = "AutoModelForCausalLM"
 
     # -- shapes -------------------------------------------------------------
     def config_value(self, config: dict, key: str) -> Any:
-        name = self.fields.get(key, key)
-        if config.get(name) is not None:
-            return config[name]
-        return self.defaults.get(key)
+        value = get_config_value(config, self.fields.get(key, key))
+        return value if value is not None else self.defaults.get(key)
 
     def dims(self, config: dict, source: Any = "config.json") -> Dims:
         def need(key: str) -> int:
@@ -137,7 +137,7 @@ class Family:
             name = self.fields.get(key)
             if name is None:
                 raise KeyError(f"{self.name} has no config field for {key}")
-            out[name] = value
+            set_config_value(out, name, value)
         return out
 
     @staticmethod
@@ -168,7 +168,7 @@ class Family:
         out: dict[str, list] = {}
         missing = []
         for key in self.per_layer_config:
-            value = config.get(key)
+            value = get_config_value(config, key)
             if isinstance(value, list):
                 out[key] = list(value)
             else:
@@ -197,7 +197,34 @@ def _config_class_values(config: dict, keys: list[str]) -> dict:
         cfg = AutoConfig.for_model(config["model_type"], **rest)
     except Exception:  # no transformers class for it: nothing derived
         return {}
-    return {k: getattr(cfg, k, None) for k in keys}
+    out = {}
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        out[key] = value
+    return out
+
+
+def get_config_value(config: dict, key: str) -> Any:
+    """`config[key]`, where a dotted key reads a nested section (``text_config.hidden_size``); None if absent."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def set_config_value(config: dict, key: str, value: Any) -> None:
+    """Set `config[key]` in place; a dotted key writes into a copy of the nested section."""
+    parts = key.split(".")
+    target = config
+    for part in parts[:-1]:
+        section = dict(target.get(part) or {})
+        target[part] = section
+        target = section
+    target[parts[-1]] = value
 
 
 @dataclass(frozen=True)
@@ -217,6 +244,7 @@ class Layout:
         self.prefix = self._detect_prefix(names)
         p = re.escape(self.prefix)
         globals_ = {p + re.escape(n) + "$": r for r, n in family.global_roles.items()}
+        globals_.update({"^" + re.escape(n) + "$": r for r, n in family.outer_roles.items()})
         blocks = []
         for role, template in family.block_roles.items():
             pattern = p + re.escape(template).replace(re.escape("{i}"), r"(\d+)") + "$"

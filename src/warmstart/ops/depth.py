@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from warmstart.arch.spec import set_config_value
 from warmstart.errors import ParamError
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Plan, Ref, Step
@@ -144,7 +145,7 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
     # Per-layer lists (sliding or full attention...) follow their layer; a list the config
     # only implies (a pattern, a max_window_layers) is written out so that it still applies.
     for key, values in model.family.per_layer_values(model.config, L).items():
-        config[key] = [values[s] for s in layer_map]
+        set_config_value(config, key, [values[s] for s in layer_map])
     maps = {"layers": list(layer_map), "new_layers": sorted(new_layers), "tensor_sources": sources}
     return Transform(Plan([ckpt], steps), config, exact, notes, maps)
 

@@ -65,6 +65,7 @@ ROLE_AXES: dict[str, tuple] = {
     "head.bias": (None,),
     "pooler.weight": (_H_OUT, _H_IN),
     "pooler.bias": (_H_OUT,),
+    "mm_proj.weight": (None, _H_OUT),  # Gemma 3: image features @ W, W stored [vision_hidden, hidden]
     "norm_attn.weight": (_H_OUT,),
     "norm_attn.bias": (_H_OUT,),
     "norm_mlp.weight": (_H_OUT,),
