@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# Recomputed here: three families that between them have every quirk (offset norms, embedding scale,
+# Recomputed here: four families that between them have every quirk (offset norms, embedding scale,
 # sandwich norms, per-head q/k norms, sliding/global pattern; fused qkv and gate_up; post-sublayer norms and
-# whole-projection q/k norms; a nested multimodal config). `python benchmarks/support_matrix.py --check` recomputes every family.
+# whole-projection q/k norms; a nested multimodal config).
+# `python benchmarks/support_matrix.py --check` recomputes every family.
 CHECKED = ["gemma3_text", "phi3", "olmo2", "gemma3"]
 
 
