@@ -49,6 +49,9 @@ GGUF_ARCHS: dict[str, GgufArch] = {
     "gemma3": GgufArch("gemma3_text", norms_effective=True),
 }
 SUPPORTED = tuple(sorted(GGUF_ARCHS))
+# Tensors llama.cpp precomputes from the config (RoPE frequency factors): transformers recomputes them from
+# the config and its GGUF loader skips them; so does this import.
+DERIVED_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _SUFFIX = re.compile(r"^(.*)\.(weight|bias)$")
 
 
@@ -148,6 +151,8 @@ def gguf_tensors(reader, config: dict, info: GgufArch, family, dtype: str, path:
     shift = family.norm_offset if info.norms_effective else 0.0
     outs = []
     for t in reader.tensors:
+        if t.name in DERIVED_TENSORS:
+            continue
         name = names.get(t.name)
         if name is None:
             raise CheckpointError(f"GGUF tensor {t.name!r} has no {family.name} counterpart", path)
