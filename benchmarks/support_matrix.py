@@ -26,6 +26,7 @@ of the table fails too).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -166,6 +167,25 @@ def _gguf(family, src, out, work):
     return True, "", ("gguf", work / "Q8_0" / "model.gguf", work / "imported-Q8_0")
 
 
+def _bench_arm(family, src, out, work):
+    """What a bench `checkpoint:` arm does with a grown checkpoint: load it and train on (here: random) tokens."""
+    import math
+
+    import numpy as np
+
+    from warmstart.bench.train import train
+
+    _ops([("hyperclone", {"mult": 2}), ("expand", {"layers": 6})])(family, src, out, work)
+    tokens = np.random.default_rng(0).integers(0, 120, size=4096).astype(np.int32)
+    result = train(str(out), tokens, tokens[:512], out_dir=work / "run", steps=3, batch_size=2, seq_len=16,
+                   eval_every=3, eval_batches=1, cpu=True, progress=False, save_final=False)
+    rows = [json.loads(line) for line in result.log_path.read_text().splitlines() if line.strip()]
+    losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
+    if len(losses) != 3 or not all(math.isfinite(x) for x in losses):
+        raise AssertionError(f"training diverged: {losses}")
+    return "trains (hyperclone x2 + expand, 3 steps)"
+
+
 # label -> runner(family, src, out, work) -> (claims exact, reason, compared logit columns or None)
 COLUMNS = {
     "expand": _ops([("expand", {"layers": 6})]),
@@ -184,6 +204,7 @@ COLUMNS = {
     "vocab fvt (extend)": _vocab("extend"),
     "vocab fvt (replace)": _vocab("replace"),
     "GGUF import (vs transformers' loader)": _gguf,
+    "bench checkpoint arm": _bench_arm,
 }
 
 
@@ -193,9 +214,12 @@ def cell(family: str, column: str, src: Path, work: Path) -> str:
 
     out = work / "out"
     try:
-        exact, reason, columns = COLUMNS[column](family, src, out, work)
+        result = COLUMNS[column](family, src, out, work)
     except WarmstartError as err:
         return "refused: " + err.message.split("; ")[0].split(" (")[0]
+    if isinstance(result, str):  # the runner checked what it runs and says so
+        return result
+    exact, reason, columns = result
     if exact is None:
         return "n/a: " + reason
     if isinstance(columns, tuple):  # GGUF: our import against transformers' GGUF loader
