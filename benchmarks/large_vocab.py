@@ -2,7 +2,7 @@
 
 Builds a synthetic Gemma 3 text checkpoint with Gemma 3 270M's embedding shape (262144 x 640, bf16, tied; one
 block so that the embedding dominates) and two synthetic byte-level BPE tokenizers of 262,144 tokens each that
-share about 60% of their tokens, then runs, each as its own process under ``/usr/bin/time -v``:
+share about 70% of their tokens, then runs, each as its own process under ``/usr/bin/time -v``:
 
 - ``warmstart vocab MODEL OUT --tokenizer NEW --method fvt`` (replace: 262k rows matched, the rest built
   by FVT from the old tokenizer's pieces),
