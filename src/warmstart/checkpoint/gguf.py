@@ -31,9 +31,9 @@ from warmstart.errors import CheckpointError
 
 @dataclass(frozen=True)
 class GgufArch:
-    """What llama.cpp's converter did to one architecture's tensors, and the HF model type it becomes."""
+    """What llama.cpp's converter did to one architecture's tensors, and the HF model type it usually becomes."""
 
-    model_type: str
+    model_type: str  # for the docs: the model type transformers gives the config is the one written
     rope_permuted: bool = False  # q/k rows interleaved per head (Llama converter)
     norms_effective: bool = False  # norm weights stored as offset + w (the family's norm_offset added)
 
@@ -208,8 +208,7 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     check_output(out, force)
     reader = open_gguf(path)
     arch, info = gguf_arch(reader, path)
-    config = hf_config(path, arch, dtype)
-    config["model_type"] = info.model_type
+    config = hf_config(path, arch, dtype)  # its model_type is transformers' (a llama file named Mistral: mistral)
     key_length = _field(reader, f"{arch}.attention.key_length")
     if key_length is not None and "head_dim" in config and config["head_dim"] != int(key_length):
         # transformers maps the head size for some architectures only (qwen3 falls back to its default 128)
