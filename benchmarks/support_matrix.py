@@ -107,15 +107,33 @@ def _ops(steps):
     return run
 
 
-def _merge(family, src, out, work):
+def _merge(methods):
+    def run(family, src, out, work):
+        return _merge_run(family, src, out, work, methods)
+
+    return run
+
+
+def _merge_run(family, src, out, work, methods):
     from warmstart import tiny_families as T
     from warmstart.merge.stream import merge_checkpoints
 
     other = T.build(family, work / "other", seed=1)
     third = T.build(family, work / "third", seed=2)
+    for model in (other, third):  # the same tokenizer (Fisher reads text with it; merges check it)
+        for f in src.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(f, model / f.name)
+    data = work / "fisher.txt"
+    data.write_text(_text(WORDS, 50, 3))
     for method, kw in (("mean", {}), ("weighted", {"weights": [0.7, 0.4, -0.1], "normalize": False}),
-                       ("ema", {"ema_decay": 0.5}), ("wsm", {})):
-        target = out if method == "wsm" else work / f"merge-{method}"
+                       ("ema", {"ema_decay": 0.5}),
+                       ("fisher", {"fisher_data": data, "fisher_batches": 1,
+                                   "fisher_options": {"batch_size": 2, "seq_len": 16}}),
+                       ("wsm", {})):
+        if method not in methods:
+            continue
+        target = out if method == methods[-1] else work / f"merge-{method}"
         merge_checkpoints(target, [src, other, third], method, **kw)
         if target != out:
             _loads_and_generates(family, target)
@@ -186,6 +204,19 @@ def _bench_arm(family, src, out, work):
     return "trains (hyperclone x2 + expand, 3 steps)"
 
 
+def _vocab_fills(family, src, out, work):
+    """The other vocabulary methods that need no corpus or word vectors; omp in the source's own space (donor)."""
+    from warmstart.vocab import transplant
+
+    new_tok = _bpe(work / "new-tok", _text(CODE + WORDS[:8], 200, 2), 100)
+    for method, kw in (("copy", {}), ("random", {}), ("multivariate", {}), ("omp", {"donor": src})):
+        target = out if method == "omp" else work / f"vocab-{method}"
+        transplant(src, target, new_tok, method, **kw)
+        if target != out:
+            _loads_and_generates(family, target)
+    return False, "new rows are sampled or combined", None
+
+
 # label -> runner(family, src, out, work) -> (claims exact, reason, compared logit columns or None)
 COLUMNS = {
     "expand": _ops([("expand", {"layers": 6})]),
@@ -200,9 +231,11 @@ COLUMNS = {
     "drop": _ops([("drop", {"layers": 2})]),
     "select /2": _ops(lambda d: [("select", {"hidden": d.hidden // 2, "intermediate": d.intermediate // 2,
                                              "heads": d.heads // 2})]),
-    "merge (mean, weighted, ema, wsm)": _merge,
+    "merge (mean, weighted, ema, wsm)": _merge(("mean", "weighted", "ema", "wsm")),
+    "merge fisher": _merge(("fisher",)),
     "vocab fvt (extend)": _vocab("extend"),
     "vocab fvt (replace)": _vocab("replace"),
+    "vocab copy, random, multivariate, omp (replace)": _vocab_fills,
     "GGUF import (vs transformers' loader)": _gguf,
     "bench checkpoint arm": _bench_arm,
 }
