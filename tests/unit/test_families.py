@@ -105,10 +105,12 @@ def test_hyperclone_x2_is_exact(sources, tmp_path, family):
     assert dims.hidden == 64 and dims.heads == 8
 
 
+@pytest.mark.parametrize("order", ["hyperclone-expand", "expand-hyperclone"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_chain_hyperclone_then_expand_is_exact(sources, tmp_path, family):
+def test_chains_of_hyperclone_and_expand_are_exact(sources, tmp_path, family, order):
     out = tmp_path / "out"
-    t = _apply(sources[family], out, [("hyperclone", {"mult": 2}), ("expand", {"layers": 8})])
+    steps = [("hyperclone", {"mult": 2}), ("expand", {"layers": 8})]
+    t = _apply(sources[family], out, steps if order == "hyperclone-expand" else steps[::-1])
     assert t.exact is True
     r = T.compare(sources[family], out)
     assert r["max_rel"] <= 1e-4 and r["top1"] == 1.0, r
