@@ -42,6 +42,7 @@ FAMILY = Family(
     norm_position="pre",
     gated_mlp=True,
     causal=True,
+    per_layer_config=("layer_types",),  # qwen2: sliding or full attention per layer
     buffers=(r"rotary_emb\.inv_freq$",),
     auto_class="AutoModelForCausalLM",
 )

@@ -41,7 +41,39 @@ def summarize(path) -> dict:
         "tensors": len(ckpt.tensors),
         "format": ckpt.format,
         "unknown_tensors": list(model.layout.unknown),
+        "family_facts": family_facts(model),
     }
+
+
+def family_facts(model) -> dict[str, str]:
+    """What the family does differently from a plain Llama, as declared in its spec and set in its config."""
+    from warmstart.arch.spec import EMBED_SCALES, NORM_POSITIONS, get_config_value
+
+    fam, d, cfg = model.family, model.dims, model.config
+    facts: dict[str, str] = {}
+    kind = "RMSNorm" if fam.norm == "rms" else "LayerNorm"
+    facts["norm kind"] = (f"{kind}, weight applied as ({fam.norm_offset:g} + w)" if fam.norm_offset
+                          else f"{kind}, weight applied as w")
+    facts["norm position"] = NORM_POSITIONS.get(fam.norm_position, fam.norm_position)
+    if fam.embed_scale:
+        facts["embedding scale"] = (f"x {EMBED_SCALES.get(fam.embed_scale, fam.embed_scale)} = "
+                                    f"{fam.embed_multiplier(d.hidden):.6g} (changes with the hidden size)")
+    if fam.qk_norm:
+        facts["query/key norm"] = {"head": f"per head (one weight of head_dim {d.head_dim} shared by the heads)",
+                                   "projection": "over the whole projection (all heads at once)"}[fam.qk_norm]
+    fused = [n for n, on in (("qkv", fam.fused_qkv), ("gate_up", fam.fused_gate_up)) if on]
+    if fused:
+        facts["fused projections"] = ", ".join(fused)
+    for label, key in fam.facts:
+        value = get_config_value(cfg, key)
+        if value is not None:
+            facts[label] = str(value)
+    for key, values in fam.per_layer_values(cfg, d.layers).items():
+        counts = {v: values.count(v) for v in dict.fromkeys(values)}
+        pattern = "".join("L" if v == "sliding_attention" else "G" if v == "full_attention" else "?" for v in values)
+        facts[key.split(".")[-1]] = ", ".join(f"{n} {v}" for v, n in counts.items()) + (
+            f" (L = sliding, G = global: {pattern})" if set(pattern) - {"?"} else "")
+    return facts
 
 
 def format_summary(s: dict) -> str:
@@ -67,6 +99,7 @@ def format_summary(s: dict) -> str:
         ("dtype", s["dtype"]),
         ("tensors", f"{s['tensors']} ({s['format']})"),
     ]
+    rows += list(s.get("family_facts", {}).items())
     if s["unknown_tensors"]:
         rows.append(("unclassified", ", ".join(s["unknown_tensors"][:5]) + (" ..." if len(s["unknown_tensors"]) > 5 else "")))
     width = max(len(k) for k, _ in rows)

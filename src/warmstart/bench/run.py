@@ -265,8 +265,9 @@ def check_starts(ctx: Context) -> None:
             raise RecipeError(f"arms[{i}].checkpoint: not a model directory (no config.json): {arm.checkpoint}")
         model = open_model(path)
         config = plan_chain(model, arm, i).config if arm.grow else model.config
-        if int(config.get("vocab_size", -1)) != vocab:
-            raise RecipeError(f"arms[{i}].checkpoint: its vocabulary has {config.get('vocab_size')} tokens, the "
+        found = model.family.config_value(config, "vocab")  # nested in text_config for multimodal checkpoints
+        if int(found if found is not None else -1) != vocab:
+            raise RecipeError(f"arms[{i}].checkpoint: its vocabulary has {found} tokens, the "
                               f"recipe's tokenizer {vocab} (set tokenizer.path to the checkpoint's tokenizer)")
 
 

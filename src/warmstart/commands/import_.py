@@ -13,7 +13,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=examples("warmstart import smollm2-135m-instruct-q8_0.gguf SmolLM2-135M",
                                        "warmstart import model.gguf model-hf --dtype bf16 --dry-run"))
-    p.add_argument("gguf", help="GGUF file")
+    p.add_argument("gguf", help="GGUF file (llama, mistral, qwen2, qwen3, phi3, gemma2 or gemma3 architecture)")
     p.add_argument("out", help="output directory")
     add_output_args(p, dtype=False)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dequantized dtype (default fp32)")

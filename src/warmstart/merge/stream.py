@@ -264,6 +264,16 @@ def merge_checkpoints(
         plain = [v / coeffs.total for v in values]
 
     first = ckpts[0]
+    # Norms computing x_hat * (offset + w) (Gemma): the effective weights are what the coefficients combine,
+    # so coefficients summing to s != 1 store sum c_i w_i + (s - 1) * offset.
+    from warmstart.arch.spec import offset_norm_tensors
+
+    offset, offset_names = offset_norm_tensors(first)
+    shift = offset * (sum(plain) - 1.0)
+    if offset_names and abs(shift) > 1e-12:
+        coeffs.notes.append(f"norm weights stored as w in x_hat * ({offset:g} + w): coefficients summing to "
+                            f"{sum(plain):.6g} combine the effective weights ({offset:g} + w), so {shift:+.6g} "
+                            "is added to the stored ones")
     steps_: list[Step] = []
     for name in first.names():
         info = first.info(name)
@@ -278,6 +288,9 @@ def merge_checkpoints(
 
             def fn(*readers):
                 return combine.combine_fisher(readers[:n], readers[n:], values)
+        elif name in offset_names and abs(shift) > 1e-12:
+            def fn(*readers):
+                return combine.combine_linear(readers, plain).add_(shift)
         else:
             def fn(*readers):
                 return combine.combine_linear(readers, plain)

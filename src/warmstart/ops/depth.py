@@ -15,8 +15,10 @@ only computed tensors are the zeros of LLaMA Pro's inserted blocks.
 - ``expand`` (LLaMA Pro, "LLaMA Pro: Progressive LLaMA with Block
   Expansion"): after every group of blocks, a copy of the group's last block
   whose attention output and MLP down projections are zero, so the block adds
-  nothing to the residual stream and a pre-norm model computes the same
-  function.
+  nothing to the residual stream and the model computes the same function,
+  whatever norms sit inside the branches (a norm behind a zero projection
+  sees zeros and returns zeros; its bias, if any, is zeroed too). Refused
+  where a norm sits on the residual stream itself (post-norm BERT).
 - ``layer_map``: any mapping, written ``0-5,0-5,3,4``.
 - ``drop`` (shrink): keep N evenly spaced blocks, or the first N.
 
@@ -31,15 +33,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from warmstart.arch.spec import set_config_value
 from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.errors import ParamError
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Origin, Plan, Ref, Step
 
 # Roles that write into the residual stream: zero in an inserted LLaMA Pro block.
-RESIDUAL_OUTPUT_ROLES = ("attn.o.weight", "attn.o.bias", "mlp.down.weight", "mlp.down.bias")
-# Config entries that hold one value per layer and follow the layer map.
-PER_LAYER_CONFIG_KEYS = ("layer_types",)
+# A norm behind the output projection (Gemma 2/3, OLMo 2) maps zeros to zeros once its bias is zero.
+RESIDUAL_OUTPUT_ROLES = ("attn.o.weight", "attn.o.bias", "mlp.down.weight", "mlp.down.bias",
+                         "norm_attn_out.bias", "norm_mlp_out.bias")
 
 
 class Zeros:
@@ -136,10 +139,10 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 else:
                     copy(name, out, new)
     config = model.family.set_dims(model.config, layers=len(layer_map))
-    for key in PER_LAYER_CONFIG_KEYS:
-        value = config.get(key)
-        if isinstance(value, list) and len(value) == L:
-            config[key] = [value[s] for s in layer_map]
+    # Per-layer lists (sliding or full attention...) follow their layer; a list the config
+    # only implies (a pattern, a max_window_layers) is written out so that it still applies.
+    for key, values in model.family.per_layer_values(model.config, L).items():
+        set_config_value(config, key, [values[s] for s in layer_map])
     maps = {"layers": list(layer_map), "new_layers": sorted(new_layers)}
     return Transform(Plan([ckpt], steps), config, exact, notes, maps)
 
@@ -267,7 +270,7 @@ def expand(model, *, layers: int) -> Transform:
     L = model.dims.layers
     src = _src(model)
     fam = model.family
-    if fam.norm_position != "pre":
+    if fam.normalizes_residual:
         raise ParamError("layers", f"expand is refused for {fam.name}: it is a post-norm model, where a block with zero "
                          "output projections still passes the residual stream through its LayerNorms, so the "
                          "function would change (use stack, interleave or dus)", src)
@@ -287,7 +290,8 @@ def expand(model, *, layers: int) -> Transform:
     return remap(model, layer_map, new, op="expand", exact=True, notes=[
         f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of the block "
         "before it with attention output and MLP down projections set to zero",
-        "exact: in a pre-norm model the new blocks add zero to the residual stream, so the logits are unchanged",
+        "exact: the new blocks add zero to the residual stream (no norm sits on the stream itself), so the logits "
+        "are unchanged",
     ])
 
 

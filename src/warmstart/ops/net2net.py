@@ -93,12 +93,20 @@ def _grow(model, method: str, *, hidden, intermediate, heads, kv_heads, mult, no
     noise = _noise(model, method, noise_snr_db)
     maps = net2net_maps(model, targets, int(seed))
     hidden_kept = targets.hidden == model.dims.hidden
+    # A query/key norm over the whole projection (OLMo 2) sees unevenly copied heads as the hidden norms see
+    # unevenly copied hidden units: its RMS changes.
+    uneven_heads = model.family.qk_norm == "projection" and (
+        maps[W.HEADS].uniform_count is None or maps[W.KV].uniform_count is None)
     notes = [f"random unit map (seed {seed}): the first units keep their place, extra units copy random source "
              "units; inputs read from a copied unit are divided by its copy count"]
     if aki:
         exact = False
         notes.append("approximate (AKI): in each block the extra output units take the next block's weights "
                      "(the last block its own)")
+    elif hidden_kept and uneven_heads:
+        exact = False
+        notes.append("approximate: the query/key RMSNorms run over the whole projection, and their statistics over "
+                     "unevenly copied heads differ from the source's; measure the difference with warmstart verify")
     elif hidden_kept:
         exact = True
         notes.append("exact: the hidden size is unchanged and MLP units and heads are copied with their readers "

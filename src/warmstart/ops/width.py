@@ -16,8 +16,18 @@ many copies their source unit has. That is the Net2Net rule: a layer reading
 dividing by ``c`` gives back the source's sum.
 
 Which axis of which role is what is one table (:data:`ROLE_AXES`); GPT-2's
-Conv1D weights (stored ``[in, out]``) are transposed around it and its fused
-``c_attn`` is split into q, k and v, transformed, and fused again.
+Conv1D weights (stored ``[in, out]``) are transposed around it, and fused
+projections (GPT-2's ``c_attn`` and Phi-3's ``qkv_proj``: q, k, v rows;
+Phi-3's ``gate_up_proj``: gate, up rows) are split into their parts,
+transformed, and fused again (:data:`FUSED_PARTS`).
+
+Family properties read here (declared in the arch spec): query/key norms act
+per head (an axis of ``head_dim``, never changed) or over the whole
+projection (an axis of heads); an embedding the model multiplies by
+sqrt(hidden) (Gemma) is compensated in the stored values so that each new
+hidden unit carries the source's value at the new width's multiplier. Offset
+norms (``x_hat * (1 + w)``) need nothing: copying the stored weight copies
+the effective weight.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from warmstart.arch.spec import EMBED_SCALES
 from warmstart.errors import CheckpointError, WarmstartError
 from warmstart.ops.registry import Transform
 from warmstart.plan import Plan, Ref, Step, copy_step
@@ -56,6 +67,7 @@ ROLE_AXES: dict[str, tuple] = {
     "head.bias": (None,),
     "pooler.weight": (_H_OUT, _H_IN),
     "pooler.bias": (_H_OUT,),
+    "mm_proj.weight": (None, _H_OUT),  # Gemma 3: image features @ W, W stored [vision_hidden, hidden]
     "norm_attn.weight": (_H_OUT,),
     "norm_attn.bias": (_H_OUT,),
     "norm_mlp.weight": (_H_OUT,),
@@ -74,10 +86,31 @@ ROLE_AXES: dict[str, tuple] = {
     "mlp.up.bias": (_I_OUT,),
     "mlp.down.weight": (_H_OUT, _I_IN),
     "mlp.down.bias": (_H_OUT,),
+    "norm_attn_out.weight": (_H_OUT,),
+    "norm_attn_out.bias": (_H_OUT,),
+    "norm_mlp_out.weight": (_H_OUT,),
+    "norm_mlp_out.bias": (_H_OUT,),
 }
-# The fused projection: q, k and v stacked along the output axis.
+# Query/key norms, by Family.qk_norm: per head (a head_dim axis, untouched) or over all heads.
+QK_NORM_AXES: dict[str | None, dict[str, tuple]] = {
+    "head": {"attn.q_norm.weight": (None,), "attn.k_norm.weight": (None,)},
+    "projection": {"attn.q_norm.weight": (_Q_OUT,), "attn.k_norm.weight": (_KV_OUT,)},
+}
+# Fused projections: the spaces of their parts, stacked along the output axis.
+FUSED_PARTS: dict[str, tuple[str, ...]] = {
+    "attn.qkv.weight": (HEADS, KV, KV),
+    "attn.qkv.bias": (HEADS, KV, KV),
+    "mlp.gate_up.weight": (INTER, INTER),
+    "mlp.gate_up.bias": (INTER, INTER),
+}
 FUSED_QKV = ("attn.qkv.weight", "attn.qkv.bias")
-_FUSED_PARTS = (HEADS, KV, KV)
+
+
+def role_axes(family, role: str) -> tuple | None:
+    """The axes of `role` under `family` (None when there is no width rule for it)."""
+    if role in ROLE_AXES:
+        return ROLE_AXES[role]
+    return QK_NORM_AXES.get(family.qk_norm, {}).get(role)
 
 
 # -- unit maps ---------------------------------------------------------------
@@ -399,22 +432,25 @@ class WidthSpec:
     seed: int = 0
     next_layer_rows: bool = False  # AKI: fresh output units from the next layer's tensor
     notes: list[str] = field(default_factory=list)
+    embed_factor: float = 1.0  # stored embedding multiplied by this (the model's own multiplier changed)
 
 
 def _logical(x, transposed: bool):
     return x.t() if transposed else x
 
 
-def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Sequence[tuple[tuple, int]] | None):
+def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Sequence[tuple[tuple, int]] | None,
+              axes: tuple | None = None, factor: float = 1.0):
     """The function computing one output tensor from its source tensor (and, for AKI, the next layer's)."""
     import torch
 
     maps = spec.maps
+    role_axes_ = axes if axes is not None else ROLE_AXES.get(role)
 
     def compute(*inputs):
         xs = [_logical(x, transposed) for x in inputs]
         if parts is None:
-            pieces = [(xs, ROLE_AXES[role], 0)]
+            pieces = [(xs, role_axes_, 0)]
         else:
             pieces = []
             offset = 0
@@ -430,6 +466,8 @@ def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Se
                 y = add_pair_noise(y, axes, maps, spec.noise_snr_db, _noise_seed(spec.seed, name, k))
             outs.append(y)
         y = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        if factor != 1.0:
+            y = y * factor
         return _logical(y, transposed).contiguous()
 
     return compute
@@ -479,6 +517,9 @@ def build_plan(model, spec: WidthSpec):
     changed_sizes = {m.source * m.unit for m in maps.values() if not m.is_identity}
     hidden_scaled = maps[HIDDEN].element_scale() is not None
     untie = model.dims.tied and hidden_scaled
+    # The model multiplies the embedding by its own factor (sqrt(hidden) for Gemma): the stored values make up
+    # for the change, so that each hidden unit starts from the source's value.
+    spec.embed_factor = embed_compensation(fam, maps[HIDDEN].source, maps[HIDDEN].size)
     plan = Plan([ckpt])
     last_layer = max(layout.layer_indices(), default=-1)
 
@@ -488,24 +529,27 @@ def build_plan(model, spec: WidthSpec):
         transposed = fam.conv1d and len(shape) == 2 and role.startswith(("attn.", "mlp."))
         logical = tuple(reversed(shape)) if transposed else shape
         parts = None
-        if role in FUSED_QKV:
-            lengths = [maps[s].source * maps[s].unit for s in _FUSED_PARTS]
+        axes = None
+        if role in FUSED_PARTS:
+            fused = FUSED_PARTS[role]
+            lengths = [maps[s].source * maps[s].unit for s in fused]
             rest = (_H_IN,) if len(logical) == 2 else ()
-            parts = [(((s, OUT),) + rest, n) for s, n in zip(_FUSED_PARTS, lengths)]
+            parts = [(((s, OUT),) + rest, n) for s, n in zip(fused, lengths)]
             if logical[0] != sum(lengths) or not _expected(logical[1:], rest, maps):
-                raise CheckpointError(f"fused qkv tensor {name!r} has shape {shape}, which does not match the "
+                raise CheckpointError(f"fused tensor {name!r} ({role}) has shape {shape}, which does not match the "
                                       f"config's sizes", src)
-            new_rows = sum(maps[s].size * maps[s].unit for s in _FUSED_PARTS)
+            new_rows = sum(maps[s].size * maps[s].unit for s in fused)
             new_logical = (new_rows,) + out_shape(logical[1:], rest, maps)
-            all_axes = [a for axes, _ in parts for a in axes]
+            all_axes = [a for axes_, _ in parts for a in axes_]
         else:
-            axes = ROLE_AXES[role]
+            axes = role_axes(fam, role)
             if not _expected(logical, axes, maps):
                 raise CheckpointError(f"tensor {name!r} ({role}) has shape {shape}, which does not match the "
                                       f"config's sizes", src)
             new_logical = out_shape(logical, axes, maps)
             all_axes = list(axes)
-        trivial = all(maps[a[0]].is_identity for a in all_axes if a is not None)
+        factor = spec.embed_factor if role == "embed.weight" and out_name is None else 1.0
+        trivial = all(maps[a[0]].is_identity for a in all_axes if a is not None) and factor == 1.0
         new_shape = tuple(reversed(new_logical)) if transposed else new_logical
         inputs = (Ref(0, name),)
         if spec.next_layer_rows and layer is not None and layer < last_layer and not trivial:
@@ -516,7 +560,8 @@ def build_plan(model, spec: WidthSpec):
             plan.add(copy_step(0, ckpt, name))
             return
         target = out_name or name
-        plan.add(Step(target, new_shape, info.dtype, inputs, tensor_fn(role, target, transposed, spec, parts),
+        plan.add(Step(target, new_shape, info.dtype, inputs,
+                      tensor_fn(role, target, transposed, spec, parts, axes, factor),
                       note=f"{spec.method} {role}" + (f" layer {layer}" if layer is not None else "")))
 
     for name in ckpt.names():
@@ -533,13 +578,20 @@ def build_plan(model, spec: WidthSpec):
                     f"that the width change touches; refusing to guess how to resize it", src)
             plan.add(copy_step(0, ckpt, name))
             continue
-        if tr.role not in ROLE_AXES and tr.role not in FUSED_QKV:
+        if role_axes(fam, tr.role) is None and tr.role not in FUSED_PARTS:
             raise WarmstartError(f"{spec.method}: no width rule for role {tr.role!r} ({name})", src)
         add_role(name, tr.role, tr.layer)
         if untie and tr.role == "embed.weight" and not layout.has("head.weight"):
             head_name = fam.tensor_name("head.weight", prefix=layout.prefix)
             add_role(name, "head.weight", None, out_name=head_name)
     return plan, untie
+
+
+def embed_compensation(family, hidden_src: int, hidden_new: int) -> float:
+    """Factor on the stored embedding that keeps ``multiplier(hidden) * value`` when the hidden size changes."""
+    if hidden_src == hidden_new:
+        return 1.0
+    return family.embed_multiplier(hidden_src) / family.embed_multiplier(hidden_new)
 
 
 def output_config(model, targets: Targets, untie: bool) -> dict:
@@ -559,6 +611,9 @@ def width_transform(model, targets: Targets, spec: WidthSpec, exact: bool):
     plan, untie = build_plan(model, spec)
     kv = "kv_heads" in model.family.fields
     notes = [", ".join(targets.changes(model.dims, kv)) + f" (head_dim {model.dims.head_dim} kept)"]
+    if spec.embed_factor != 1.0:
+        notes.append(f"embedding values multiplied by {spec.embed_factor:.6g}: the model multiplies them by "
+                     f"{EMBED_SCALES.get(model.family.embed_scale, model.family.embed_scale)}, which changes with the hidden size")
     if untie:
         n = spec.maps[HIDDEN].uniform_count
         scale = f"divided by {n}" if n else "divided by each hidden unit's copy count"
