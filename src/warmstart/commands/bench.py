@@ -30,6 +30,9 @@ def register(sub) -> None:
                    help="sources and arms trained at once, each in its own process with cores/jobs torch threads "
                         "(default 1); on a CPU, one job per core finishes the runs soonest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--figure-format", action="append", choices=["pdf", "svg"], default=None, metavar="{pdf,svg}",
+                   help="also write the figure as curves.pdf or curves.svg (repeatable); curves.png is always "
+                        "written. With --resume on a finished run, redraws without training")
     p.set_defaults(func=run)
 
 
@@ -40,7 +43,7 @@ def run(args) -> int:
     set_threads(args.threads)
     results = run_bench(recipe, args.out, seeds=args.seeds, resume=args.resume, force=args.force,
                         progress=not args.quiet, cpu=device_flag(args.device),
-                        source_cache=not args.no_cache, jobs=args.jobs)
+                        source_cache=not args.no_cache, jobs=args.jobs, figure_formats=args.figure_format or ())
     if results is not None:
         from pathlib import Path
 
