@@ -198,7 +198,7 @@ def test_bench_report_says_target_speedups_wall_time_and_arms(bench_dir, capture
     assert "the recipe's target" in md.lower() and "**3.000**" in md
     # What each arm ran.
     assert "- `scratch`: from scratch; 12 steps at peak lr 0.01, schedule `cosine(warmup=2, min_ratio=0.1)`" in md
-    assert ("- `stacked`: grown from source `one` (16 wide, 1 layers, pretrained 8 steps by the bench) by "
+    assert ("- `stacked`: grown from source `one` (16 wide, 1 layer, pretrained 8 steps by the bench) by "
             "stack(layers=2); 12 steps at peak lr 0.003, schedule `constant`") in md
     # Wall-time speedups in the report, without and with the source, next to tokens and FLOPs.
     row = next(line for line in md.splitlines() if line.startswith("| stacked | ") and line.count("|") == 8)

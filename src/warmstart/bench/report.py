@@ -170,7 +170,8 @@ def describe_arm(recipe, arm) -> dict:
     if arm.source:
         src = recipe.sources[arm.source]
         src_steps = recipe.steps_of(src, f"sources.{arm.source}")
-        origin = (f"source `{arm.source}` ({src.model.hidden} wide, {src.model.layers} layers, "
+        origin = (f"source `{arm.source}` ({src.model.hidden} wide, {src.model.layers} "
+                  f"layer{'s' if src.model.layers != 1 else ''}, "
                   f"pretrained {src_steps} steps by the bench)")
     elif arm.checkpoint:
         origin = f"checkpoint `{arm.checkpoint}`"
@@ -272,8 +273,8 @@ def markdown(recipe, results: dict) -> str:
         b = s["arms"][best]
         lines.append(f"**Best warm arm: `{best}`**, reaching the recipe's target (eval loss {_fmt(s['target'])}) "
                      f"with {_pct(frac)} of scratch's FLOPs, source counted: "
-                     f"{_x(b['speedup_with_source']['flops'])} sooner in FLOPs, "
-                     f"{_x(b['speedup_with_source']['tokens'])} in tokens, "
+                     f"speedup {_x(b['speedup_with_source']['flops'])} in FLOPs, "
+                     f"{_x(b['speedup_with_source']['tokens'])} in tokens and "
                      f"{_x(b['speedup_with_source']['time'])} in wall time.")
     flagged = [n for n, a in s["arms"].items() if "starts_below" in a["flags"]]
     if flagged:
@@ -303,7 +304,13 @@ def _legend_entry(name: str, a: dict, desc: dict, reference: str | None) -> str:
     else:
         sw = a["speedup_with_source"]
         head = f"{name}: {_x(sw['flops'])} FLOPs, {_x(sw['tokens'])} tokens, source counted"
-    return f"{head}\n{desc['start']}; {desc['training']}"
+    return f"{head}\n{desc['start']}; {desc['training']}".replace("`", "")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") for line in text.splitlines())
 
 
 def plot(paths, recipe, runs: list[dict], results: dict) -> None:
@@ -317,7 +324,9 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
     from matplotlib.lines import Line2D
 
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 6.5), layout="constrained")
+    ncol = 1 if len(recipe.arms) + len(recipe.sources) <= 5 else 2
+    width = 150 // ncol  # characters per legend line at fontsize 8 across a 12-inch figure
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = list(recipe.arms[i].name for i in range(len(recipe.arms)))
     summary = results["summary"]
@@ -340,7 +349,7 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
             ax1.plot([r["tokens"] for r in ev], [r["eval_loss"] for r in ev], color=c, alpha=alpha)
             line, = ax2.plot([offset + r["flops"] for r in ev], [r["eval_loss"] for r in ev], color=c, alpha=alpha)
             if first:
-                line.set_label(_legend_entry(name, summary["arms"][name], descriptions[name], reference))
+                line.set_label(_wrap(_legend_entry(name, summary["arms"][name], descriptions[name], reference), width))
                 handles.append(line)
             if metrics is None:
                 continue
@@ -356,13 +365,13 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
                 line.set_label(f"source {sname}: its own pretraining, final eval loss {_fmt(src['final_eval_loss'])}")
                 handles.append(line)
     if recipe.target.loss is None:
-        what = f"the recipe's target: eval loss {_fmt(target)}, the final eval loss of `{reference}`"
+        what = f"the recipe's target: eval loss {_fmt(target)}, the final eval loss of {reference}"
     else:
         what = f"the recipe's target: eval loss {_fmt(target)} (fixed in the recipe)"
     for ax in (ax1, ax2):
         ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
-        ax.annotate(f"target {_fmt(target)}", xy=(1.0, target), xycoords=("axes fraction", "data"),
-                    xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8)
+        ax.annotate(f"target {_fmt(target)}", xy=(0.0, target), xycoords=("axes fraction", "data"),
+                    xytext=(4, -3), textcoords="offset points", ha="left", va="top", fontsize=8)
         ax.set_ylabel("eval loss (nats/token)")
         ax.grid(alpha=0.3)
     handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label=what))
@@ -377,8 +386,9 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
     ax1.set_title("eval loss vs tokens")
     ax2.set_title("eval loss vs FLOPs (6ND)")
     seeds = f", median speedups of {len(runs)} seeds" if len(runs) > 1 else ""
-    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(handles) > 3 else 1, fontsize=8,
-               frameon=False)
+    lines = sum(h.get_label().count("\n") + 1 for h in handles)
+    fig.set_figheight(4.5 + 0.17 * lines / ncol)  # the panels keep their height; the legend gets its own
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"warmstart bench: {recipe.name}{seeds}")
     try:
         for path in paths:
