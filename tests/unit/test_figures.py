@@ -189,9 +189,9 @@ def test_bench_report_says_target_speedups_wall_time_and_arms(bench_dir, capture
     speed_src = {"tokens": 12 * 64 / (64 * cross + 128), "flops": 1200 / (100 * cross + 1000),
                  "time": 6.0 / (0.25 * cross + 2.0)}
     st = results["summary"]["arms"]["stacked"]
-    for k in speed:
-        assert st["speedup"][k] == pytest.approx(speed[k]) and st["speedup_with_source"][k] == pytest.approx(
-            speed_src[k])
+    for k, value in speed.items():
+        assert st["speedup"][k] == pytest.approx(value)
+        assert st["speedup_with_source"][k] == pytest.approx(speed_src[k])
 
     md = (work / "report.md").read_text()
     assert "goal" not in md.lower()
@@ -238,3 +238,27 @@ def test_bench_report_fixed_target_and_no_figure_format_typo(bench_dir):
     assert not (work / "curves.pdf").exists()
     with pytest.raises(ValueError, match="jpg"):
         report.figure_formats_of(["jpg"])
+
+
+def test_bench_figure_format_flag_reaches_the_run(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import warmstart.commands.bench as B
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe().to_dict()))
+    seen = {}
+
+    def fake_run(recipe, out, **kw):
+        seen.update(kw)
+        return None
+
+    monkeypatch.setattr(B, "run_bench", fake_run)
+    assert main(["bench", str(path), "--out", str(tmp_path / "out"), "--figure-format", "svg",
+                 "--figure-format", "pdf"]) == 0
+    assert list(seen["figure_formats"]) == ["svg", "pdf"]
+    assert main(["bench", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert list(seen["figure_formats"]) == []
+    with pytest.raises(SystemExit) as err:
+        main(["bench", str(path), "--out", str(tmp_path / "out"), "--figure-format", "jpg"])
+    assert err.value.code == 2 and "--figure-format" in capsys.readouterr().err

@@ -328,7 +328,7 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
     width = 150 // ncol  # characters per legend line at fontsize 8 across a 12-inch figure
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    names = list(recipe.arms[i].name for i in range(len(recipe.arms)))
+    names = [a.name for a in recipe.arms]
     summary = results["summary"]
     target = summary["target"]
     reference = recipe.target.arm if recipe.target.arm in names else None
