@@ -307,8 +307,12 @@ verify = compare
 
 
 def bench(recipe, out, *, seeds: int | None = None, resume: bool = False, force: bool = False,
-          device: str = "auto", cache: bool = True, jobs: int = 1, progress: bool = False) -> dict:
-    """Train a recipe's warm-started and scratch arms side by side; returns results.json's content."""
+          device: str = "auto", cache: bool = True, jobs: int = 1, progress: bool = False,
+          figure_formats: Sequence[str] = ()) -> dict:
+    """Train a recipe's warm-started and scratch arms side by side; returns results.json's content.
+
+    `figure_formats` ("pdf", "svg") adds vector copies of curves.png.
+    """
     from warmstart.bench import recipe as R
     from warmstart.bench.run import run_bench
 
@@ -316,4 +320,4 @@ def bench(recipe, out, *, seeds: int | None = None, resume: bool = False, force:
         raise WarmstartError(f"--seeds must be at least 1, got {seeds}")
     cpu = {"auto": None, "cpu": True, "gpu": False}[device]
     return run_bench(R.load(recipe), out, seeds=seeds, resume=resume, force=force, progress=progress, cpu=cpu,
-                     source_cache=cache, jobs=jobs)
+                     source_cache=cache, jobs=jobs, figure_formats=figure_formats)

@@ -5,6 +5,11 @@ are written as the string ``"inf"`` and undefined values (a speedup of an
 arm that starts below the target, a cost that is not known) as ``null``,
 so the file is strict JSON. Each file is written to a temporary name and
 renamed.
+
+The figure is always written as curves.png (report.md shows it); the
+``figure_formats`` of :func:`write` (``warmstart bench --figure-format``)
+add the same figure as curves.pdf and/or curves.svg, vector files a paper
+can include as they are.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ import os
 from pathlib import Path
 
 from warmstart.bench import metrics as M
-from warmstart.bench.train import read_log
+from warmstart.bench.recipe import grow_chain
+from warmstart.bench.train import default_schedule, read_log
 from warmstart.checkpoint.atomic import write_text
-from warmstart.schedules.plot import save_figure
-
-TARGET_FRACTION = 0.60  # the project's goal: the best warm arm at <= 60% of scratch's FLOPs, source counted
+from warmstart.schedules.plot import FIGURE_FORMATS, save_figure
 
 
 def _clean(x):
@@ -139,6 +143,56 @@ def _x(x) -> str:
     return f"{x:.2f}x"
 
 
+def _value(v) -> str:
+    """A parameter or spec as the recipe writes it (3e-3, not 0.003)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(", ", ": "))
+    return str(v)
+
+
+def chain_text(arm) -> str:
+    """The arm's ``grow`` chain as `warmstart grow` steps: ``hyperclone(mult=2) > expand(layers=4)``."""
+    return " > ".join(f"{op}({', '.join(f'{k}={_value(v)}' for k, v in params.items())})"
+                      for op, params in grow_chain(arm))
+
+
+def describe_arm(recipe, arm) -> dict:
+    """What an arm ran: its start, its grow chain and its training (steps, peak lr, schedule), in words.
+
+    ``start`` and ``training`` are the two halves; ``text`` joins them for report.md and the figure.
+    """
+    steps = recipe.steps_of(arm, arm.name, recipe.steps)
+    lr = arm.lr if arm.lr is not None else (recipe.train.lr if recipe.train.lr is not None else 1e-3)
+    schedule = arm.schedule if arm.schedule is not None else recipe.train.schedule
+    schedule = _value(schedule) if schedule is not None else default_schedule(steps)
+    if arm.source:
+        src = recipe.sources[arm.source]
+        src_steps = recipe.steps_of(src, f"sources.{arm.source}")
+        origin = (f"source `{arm.source}` ({src.model.hidden} wide, {src.model.layers} "
+                  f"layer{'s' if src.model.layers != 1 else ''}, "
+                  f"pretrained {src_steps} steps by the bench)")
+    elif arm.checkpoint:
+        origin = f"checkpoint `{arm.checkpoint}`"
+    else:
+        origin = None
+    if origin is None:
+        start = "from scratch"
+    elif arm.grow:
+        start = f"grown from {origin} by {chain_text(arm)}"
+    else:
+        start = f"continues {origin}"
+    if arm.shrink_perturb is not None:
+        start += f", then shrink-and-perturb (shrink {arm.shrink_perturb.shrink:g}, noise {arm.shrink_perturb.noise:g})"
+    training = f"{steps} steps at peak lr {lr:g}, schedule `{schedule}`"
+    return {"start": start, "training": training, "text": f"{start}; {training}"}
+
+
+def _speedup_cells(a: dict, key: str) -> str:
+    return f"{_x(a['speedup'][key])} | {_x(a['speedup_with_source'][key])}"
+
+
 def markdown(recipe, results: dict) -> str:
     s = results["summary"]
     seeds = results["seeds"]
@@ -153,10 +207,16 @@ def markdown(recipe, results: dict) -> str:
     if recipe.target.loss is None:
         how = ("interpolated linearly between evaluations" if results["mode"] == "interpolate"
                else "that of the first evaluation at or below it")
-        lines.append(f"**Target**: the `{ref}` arm's final eval loss, **{_fmt(s['target'])}**. Time to target is "
-                     f"{how} (every {recipe.train.eval_every} steps).")
+        lines.append(f"**The recipe's target**: eval loss **{_fmt(s['target'])}**, the final eval loss of the "
+                     f"reference arm `{ref}`. Time to target is {how} (every {recipe.train.eval_every} steps).")
     else:
-        lines.append(f"**Target**: eval loss {_fmt(s['target'])} (fixed in the recipe).")
+        lines.append(f"**The recipe's target**: eval loss **{_fmt(s['target'])}** (fixed in the recipe).")
+    lines.append("")
+    lines.append("## Arms")
+    lines.append("")
+    arms = results.get("arms") or {a.name: describe_arm(recipe, a) for a in recipe.arms}
+    for name, d in arms.items():
+        lines.append(f"- `{name}`: {d['text']}.")
     lines.append("")
     for name, src in s["sources"].items():
         ok = name not in s["source_not_beaten"]
@@ -168,6 +228,8 @@ def markdown(recipe, results: dict) -> str:
                         f"**FLAG: not clearly below (margin {recipe.honesty_margin}); the speedups are meaningless.**"))
     if s["sources"]:
         lines.append("")
+    lines.append("## Time to the target")
+    lines.append("")
     lines.append("| arm | kind | final eval loss | eval loss at equal compute | tokens to target | FLOPs to target "
                  "| time to target (s) | speedup | speedup incl. source | FLOPs incl. source / scratch | flags |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -181,8 +243,22 @@ def markdown(recipe, results: dict) -> str:
     lines.append("")
     lines.append("Speedups are FLOPs ratios (scratch's FLOPs to the target over the arm's); \"incl. source\" adds the "
                  "source's own pretraining FLOPs to the arm's. \"Eval loss at equal compute\" is the arm's eval loss "
-                 "once its FLOPs plus its source's equal scratch's total training FLOPs. Wall-time speedups are in "
-                 "results.json. FLOPs are 6 x N x tokens, N = parameters without the input embedding table.")
+                 "once its FLOPs plus its source's equal scratch's total training FLOPs. FLOPs are 6 x N x tokens, "
+                 "N = parameters without the input embedding table.")
+    lines.append("")
+    lines.append("## Speedups in tokens, FLOPs and wall time")
+    lines.append("")
+    lines.append("| arm | tokens | tokens incl. source | FLOPs | FLOPs incl. source | wall time | wall time incl. source |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, a in s["arms"].items():
+        lines.append(f"| {name} | {_speedup_cells(a, 'tokens')} | {_speedup_cells(a, 'flops')} "
+                     f"| {_speedup_cells(a, 'time')} |")
+    lines.append("")
+    lines.append("Each is the reference's cost to the target over the arm's (n/a: an arm that starts at or below the "
+                 "target, or a source whose cost is not known). Wall time is this machine's training time to the "
+                 "target (evaluations left out); a source's time is its own training time, also when it was reused "
+                 "from the cache. On a shared machine wall time measures the load as much as the method: tokens and "
+                 "FLOPs do not depend on it.")
     lines.append("")
     best, frac = results["best"]["arm"], results["best"]["fraction_with_source"]
     if best is None:
@@ -194,9 +270,12 @@ def markdown(recipe, results: dict) -> str:
         else:
             lines.append("No warm arm reaches the target within its budget.")
     else:
-        verdict = "meets" if results["best"]["meets_goal"] else "does not meet"
-        lines.append(f"**Best warm arm: `{best}`**, reaching the target with {_pct(frac)} of scratch's FLOPs, source "
-                     f"counted: it {verdict} the goal of at most {TARGET_FRACTION:.0%}.")
+        b = s["arms"][best]
+        lines.append(f"**Best warm arm: `{best}`**, reaching the recipe's target (eval loss {_fmt(s['target'])}) "
+                     f"with {_pct(frac)} of scratch's FLOPs, source counted: "
+                     f"speedup {_x(b['speedup_with_source']['flops'])} in FLOPs, "
+                     f"{_x(b['speedup_with_source']['tokens'])} in tokens and "
+                     f"{_x(b['speedup_with_source']['time'])} in wall time.")
     flagged = [n for n, a in s["arms"].items() if "starts_below" in a["flags"]]
     if flagged:
         lines.append("")
@@ -209,41 +288,95 @@ def markdown(recipe, results: dict) -> str:
     lines.append("")
     lines.append("![eval loss curves](curves.png)")
     lines.append("")
+    lines.append("Eval loss against tokens (left) and against FLOPs with the source's pretraining included (right). "
+                 "The dashed line is the recipe's target; a cross marks where each arm first reaches it; the legend "
+                 "gives each arm's speedup, source counted, and what it ran.")
+    lines.append("")
     return "\n".join(lines)
 
 
-def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
+def _legend_entry(name: str, a: dict, desc: dict, reference: str | None) -> str:
+    """An arm's legend entry: name, speedups to the target with the source counted, what it ran."""
+    if name == reference:
+        head = f"{name} (reference)"
+    elif "starts_below" in a["flags"]:
+        head = f"{name}: starts at or below the target, no speedup"
+    else:
+        sw = a["speedup_with_source"]
+        head = f"{name}: {_x(sw['flops'])} FLOPs, {_x(sw['tokens'])} tokens, source counted"
+    return f"{head}\n{desc['start']}; {desc['training']}".replace("`", "")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") for line in text.splitlines())
+
+
+def plot(paths, recipe, runs: list[dict], results: dict) -> None:
+    """Eval loss against tokens and against FLOPs (source included), the target line, the crossings
+    and a legend under both panels that describes each arm and gives its speedups; one figure, written to
+    each of `paths` (its format from the extension)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    ncol = 1 if len(recipe.arms) + len(recipe.sources) <= 5 else 2
+    width = 150 // ncol  # characters per legend line at fontsize 8 across a 12-inch figure
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    names = list(recipe.arms[i].name for i in range(len(recipe.arms)))
-    for run in runs:
+    names = [a.name for a in recipe.arms]
+    summary = results["summary"]
+    target = summary["target"]
+    reference = recipe.target.arm if recipe.target.arm in names else None
+    descriptions = results.get("arms") or {a.name: describe_arm(recipe, a) for a in recipe.arms}
+    per_seed = results.get("per_seed") or [None] * len(runs)
+    handles = []
+    for run, metrics in zip(runs, per_seed):
+        first = run is runs[0]
         for j, name in enumerate(names):
             a = run["arms"][name]
             ev = M.evals(a["rows"])
             c = colors[j % len(colors)]
-            label = name if run is runs[0] else None
             alpha = 1.0 if len(runs) == 1 else 0.6
-            ax1.plot([r["tokens"] for r in ev], [r["eval_loss"] for r in ev], color=c, label=label, alpha=alpha)
             offset = 0.0
             sc = a["source_cost"]
             if sc is not None and sc.get("flops") is not None and not math.isnan(sc["flops"]):
                 offset = sc["flops"]
-            ax2.plot([offset + r["flops"] for r in ev], [r["eval_loss"] for r in ev], color=c, label=label,
-                     alpha=alpha)
+            ax1.plot([r["tokens"] for r in ev], [r["eval_loss"] for r in ev], color=c, alpha=alpha)
+            line, = ax2.plot([offset + r["flops"] for r in ev], [r["eval_loss"] for r in ev], color=c, alpha=alpha)
+            if first:
+                line.set_label(_wrap(_legend_entry(name, summary["arms"][name], descriptions[name], reference), width))
+                handles.append(line)
+            if metrics is None:
+                continue
+            to = metrics["arms"][name]["to_target"]
+            if _finite(to["tokens"]):
+                ax1.plot([to["tokens"]], [target], "X", color=c, ms=8, mec="black", mew=0.6, zorder=5)
+            if _finite(to["flops"]):
+                ax2.plot([offset + to["flops"]], [target], "X", color=c, ms=8, mec="black", mew=0.6, zorder=5)
         for sname, src in run["sources"].items():
             ev = M.evals(read_log(src["log"]))
-            ax2.plot([r["flops"] for r in ev], [r["eval_loss"] for r in ev], color="gray", linestyle=":",
-                     label=f"source {sname}" if run is runs[0] else None)
-    target = results["summary"]["target"]
+            line, = ax2.plot([r["flops"] for r in ev], [r["eval_loss"] for r in ev], color="gray", linestyle=":")
+            if first:
+                line.set_label(f"source {sname}: its own pretraining, final eval loss {_fmt(src['final_eval_loss'])}")
+                handles.append(line)
+    if recipe.target.loss is None:
+        what = f"the recipe's target: eval loss {_fmt(target)}, the final eval loss of {reference}"
+    else:
+        what = f"the recipe's target: eval loss {_fmt(target)} (fixed in the recipe)"
     for ax in (ax1, ax2):
-        ax.axhline(target, color="black", linestyle="--", linewidth=0.8, label="target")
+        ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(f"target {_fmt(target)}", xy=(0.0, target), xycoords=("axes fraction", "data"),
+                    xytext=(4, -3), textcoords="offset points", ha="left", va="top", fontsize=8)
         ax.set_ylabel("eval loss (nats/token)")
         ax.grid(alpha=0.3)
+    handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label=what))
+    handles.append(Line2D([], [], color="gray", marker="X", linestyle="none", mec="black", mew=0.6, ms=8,
+                          label="where the arm first reaches the target"))
     lo = target - 0.6
     ymax = max(M.evals(run["arms"][names[0]]["rows"])[0]["eval_loss"] for run in runs)
     for ax in (ax1, ax2):
@@ -252,17 +385,26 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
     ax2.set_xlabel("FLOPs, the source's pretraining included")
     ax1.set_title("eval loss vs tokens")
     ax2.set_title("eval loss vs FLOPs (6ND)")
-    ax2.legend(fontsize=8)
-    fig.suptitle(f"warmstart bench: {recipe.name}")
-    fig.tight_layout()
+    seeds = f", median speedups of {len(runs)} seeds" if len(runs) > 1 else ""
+    lines = sum(h.get_label().count("\n") + 1 for h in handles)
+    fig.set_figheight(4.5 + 0.17 * lines / ncol)  # the panels keep their height; the legend gets its own
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle(f"warmstart bench: {recipe.name}{seeds}")
     try:
-        save_figure(fig, path, dpi=110)
+        for path in paths:
+            save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)
 
 
-def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "interpolate") -> dict:
-    """Compute the metrics and write results.json, report.md and curves.png into `work`."""
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "interpolate",
+          figure_formats=()) -> dict:
+    """Compute the metrics and write results.json, report.md and curves.png (and curves.pdf/.svg for the
+    `figure_formats` asked for) into `work`."""
     per_seed = [seed_metrics(recipe, run, mode) for run in runs]
     for s in per_seed:  # paths relative to the bench directory, which is renamed when done
         for a in s["arms"].values():
@@ -272,11 +414,22 @@ def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "in
     summary = summarize(per_seed)
     best, frac = best_warm(summary)
     results = {"recipe": recipe.name, "seeds": len(runs), "mode": mode, "data": data_info, "summary": summary,
-               "best": {"arm": best, "fraction_with_source": frac, "goal": TARGET_FRACTION,
-                        "meets_goal": bool(best is not None and frac <= TARGET_FRACTION
-                                           and not summary["source_not_beaten"])},
+               "arms": {a.name: describe_arm(recipe, a) for a in recipe.arms},
+               "best": {"arm": best, "fraction_with_source": frac},
                "per_seed": per_seed}
     _write(work / "results.json", json.dumps(_clean(results), indent=2))
     _write(work / "report.md", markdown(recipe, results))
-    plot(work / "curves.png", recipe, runs, results)
+    plot([work / f"curves.{fmt}" for fmt in figure_formats_of(figure_formats)], recipe, runs, results)
     return results
+
+
+def figure_formats_of(formats) -> list[str]:
+    """PNG always (report.md shows it), then each other format asked for, once."""
+    out = ["png"]
+    for fmt in formats or ():
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in FIGURE_FORMATS:
+            raise ValueError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {fmt!r}")
+        if fmt not in out:
+            out.append(fmt)
+    return out

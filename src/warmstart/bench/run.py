@@ -6,7 +6,7 @@ Layout of the output directory::
     DIR/seed-K/sources/NAME/             a bench-trained source: log.jsonl, final/, result.json
     DIR/seed-K/grown/ARM/                the grown start of a grow arm (an HF directory)
     DIR/seed-K/arms/ARM/                 each arm's training: log.jsonl, final/, result.json
-    DIR/report.md, curves.png, results.json
+    DIR/report.md, curves.png (and .pdf/.svg if asked), results.json
 
 The work happens in ``.DIR.partial`` next to DIR, renamed to DIR when every
 arm of every seed is done, so a DIR that exists is complete. ``resume=True``
@@ -339,18 +339,22 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
 
 def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = False, force: bool = False,
               progress: bool = True, cpu: bool | None = None, source_cache: bool = True, say=print,
-              jobs: int = 1) -> dict:
+              jobs: int = 1, figure_formats=()) -> dict:
     """Run every arm of `recipe` for each seed and write the report; returns results.json's content.
 
     `jobs` > 1 trains that many sources or arms at once in worker processes
     (single-process runs only; under a distributed launch the ranks already
-    share every run).
+    share every run). `figure_formats` ("pdf", "svg") add curves.pdf/.svg to curves.png.
     """
     from accelerate import Accelerator
 
     seeds = seeds or recipe.seeds
     if jobs < 1:
         raise WarmstartError(f"--jobs must be at least 1, got {jobs}")
+    try:
+        report.figure_formats_of(figure_formats)
+    except ValueError as err:
+        raise WarmstartError(f"--figure-format: {err}") from None
     if cpu is None:
         import torch
 
@@ -417,7 +421,8 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     if acc.is_main_process:
         results = report.write(work, recipe, runs, data_info={"train_tokens": int(len(main.train)),
                                                               "val_tokens": int(len(main.val)),
-                                                              "vocab_size": main.vocab_size})
+                                                              "vocab_size": main.vocab_size},
+                               figure_formats=figure_formats)
         if work != final:
             swap_in(work, final)
         # Paths inside results now point into the final directory.

@@ -38,6 +38,9 @@ def register(sub) -> None:
                         "(default 1); on a CPU, one job per core finishes the runs soonest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json(p)
+    p.add_argument("--figure-format", action="append", choices=["pdf", "svg"], default=None, metavar="{pdf,svg}",
+                   help="also write the figure as curves.pdf or curves.svg (repeatable); curves.png is always "
+                        "written. With --resume on a finished run, redraws without training")
     p.set_defaults(func=run)
 
 
@@ -48,7 +51,8 @@ def run(args) -> int:
     quiet(args)
     set_threads(args.threads)
     results = api.bench(args.recipe, out, seeds=args.seeds, resume=args.resume, force=args.force, device=args.device,
-                        cache=not args.no_cache, jobs=args.jobs, progress=not args.quiet)
+                        cache=not args.no_cache, jobs=args.jobs, progress=not args.quiet,
+                        figure_formats=args.figure_format or ())
     if results is not None:
         if args.json:
             print(json.dumps(results, indent=2, default=str))

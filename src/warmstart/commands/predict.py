@@ -7,7 +7,7 @@ import argparse
 from warmstart.commands.common import examples
 from warmstart.errors import WarmstartError
 from warmstart.schedules.loss_law import plot_prediction, predict, read_log
-from warmstart.schedules.plot import check_output
+from warmstart.schedules.plot import add_figure_arguments, check_output, figure_style
 from warmstart.schedules.spec import resolve
 
 
@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, default=0.999, help="momentum of the annealing area (default 0.999)")
     p.add_argument("--out", default=None, help="write a PNG of the fit and the prediction")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--label", default=None, metavar="TEXT",
+                   help="legend entry of the predicted curve (default: \"predicted\")")
+    add_figure_arguments(p, what="the --out figure")
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,7 @@ def run(args) -> int:
     pred = predict(log, fit_sched, target, steps=args.steps, lam=args.lam)
     print(format_report(pred))
     if out is not None:
-        plot_prediction(pred, out)
+        plot_prediction(pred, out, style=figure_style(args), label=args.label)
         print(f"wrote {out}")
     return 0
 

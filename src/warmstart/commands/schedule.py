@@ -6,7 +6,7 @@ import argparse
 
 from warmstart.commands.common import examples
 from warmstart.errors import WarmstartError
-from warmstart.schedules.plot import check_output, plot_schedules
+from warmstart.schedules.plot import add_figure_arguments, check_output, figure_style, plot_schedules
 from warmstart.schedules.spec import resolve
 
 
@@ -37,6 +37,9 @@ def register(sub) -> None:
     plot.add_argument("--peak", type=float, default=None, help="peak lr for every schedule (overrides peak=)")
     plot.add_argument("--out", required=True, help="figure to write: .png, .pdf or .svg")
     plot.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    plot.add_argument("--label", action="append", default=None, metavar="TEXT",
+                      help="legend entry of a SPEC, once per SPEC in order (default: the spec itself)")
+    add_figure_arguments(plot)
     plot.set_defaults(func=run)
 
 
@@ -60,9 +63,11 @@ def run(args) -> int:
         return 0
 
     out = check_output(args.out, args.force)
+    if args.label is not None and len(args.label) != len(args.specs):
+        raise WarmstartError(f"--label: give one per SPEC, got {len(args.label)} for {len(args.specs)} SPEC(s)")
     scheds = [resolve(spec, total=args.steps) for spec in args.specs]
     n = args.steps if args.steps is not None else max(s.num_steps for s in scheds)
-    plot_schedules(scheds, args.specs, n, out, peak=args.peak)
+    plot_schedules(scheds, args.label or args.specs, n, out, peak=args.peak, style=figure_style(args))
     print(f"wrote {out}")
     return 0
 

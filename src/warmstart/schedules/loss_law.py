@@ -44,7 +44,7 @@ import numpy as np
 
 from warmstart.errors import WarmstartError
 from warmstart.schedules.phases import Warmup
-from warmstart.schedules.plot import save_figure
+from warmstart.schedules.plot import FigureStyle, save_figure
 from warmstart.schedules.spec import Schedule
 
 LOSS_KEYS = ("eval_loss", "loss", "train_loss")
@@ -499,8 +499,13 @@ def predict(
     )
 
 
-def plot_prediction(pred: Prediction, out: str | os.PathLike) -> None:
-    """Observed losses, the fitted curve and the predicted curve, with both lr schedules below."""
+def plot_prediction(pred: Prediction, out: str | os.PathLike, *, style: FigureStyle | None = None,
+                    label: str | None = None) -> None:
+    """Observed losses, the fitted curve and the predicted curve, with both lr schedules below.
+
+    ``style`` (a :class:`warmstart.schedules.plot.FigureStyle`) sets the title, the loss axis's label,
+    the shared x axis's label and the log axes; ``label`` names the predicted curve in the legend.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,7 +514,7 @@ def plot_prediction(pred: Prediction, out: str | os.PathLike) -> None:
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(pred.log.steps, pred.log.losses, ".", ms=3, color="0.5", label=f"logged {pred.log.loss_key}")
     ax.plot(pred.fit_steps, pred.fit_losses, "-", color="C0", label=f"{pred.best.law} law fit (rmse {pred.best.rmse:.3g})")
-    ax.plot(pred.steps, pred.losses, "-", color="C3", label=f"predicted, final {pred.final_loss:.4f}")
+    ax.plot(pred.steps, pred.losses, "-", color="C3", label=f"{label or 'predicted'}, final {pred.final_loss:.4f}")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("loss-curve law: fit and prediction", fontsize=10)
@@ -521,6 +526,9 @@ def plot_prediction(pred: Prediction, out: str | os.PathLike) -> None:
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel("lr")
     ax_lr.legend(loc="upper right", fontsize=8)
+    (style or FigureStyle()).apply(ax, x_axis=ax_lr)
     fig.tight_layout()
-    save_figure(fig, out)
-    plt.close(fig)
+    try:
+        save_figure(fig, out)
+    finally:
+        plt.close(fig)
