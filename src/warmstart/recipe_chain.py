@@ -227,4 +227,5 @@ def plan_recipe_steps(model, steps: list[tuple[str, dict]], path: Path) -> None:
             raise SpecError(f"steps[{i}].{err.param}: {err.message}", path) from None
         except WarmstartError as err:
             raise SpecError(f"steps[{i}] ({name}): {err.message}", path) from None
-        current = describe(PlannedCheckpoint(t.plan, t.config, f"<after {name}>"))
+        if i + 1 < len(steps):  # the last output (e.g. an upcycled MoE) need not be a family a step reads
+            current = describe(PlannedCheckpoint(t.plan, t.config, f"<after {name}>"))
