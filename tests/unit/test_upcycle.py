@@ -310,3 +310,50 @@ def test_smollm2_upcycled_x8_is_exact_and_generates(smollm2_dir, real_text, tmp_
         assert isinstance(moe, tf.MixtralForCausalLM) and moe.config.num_local_experts == 8
         b = moe.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
     assert b.shape[1] == ids.shape[1] + 12 and torch.equal(a, b)
+
+
+def _with_char_tokenizer(model_dir: Path) -> Path:
+    """Give a tiny model a character-level tokenizer (ids below its vocabulary of 128)."""
+    import transformers as tf
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {chr(i): i for i in range(32, 127)}
+    vocab["[UNK]"] = 0
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tf.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(str(model_dir))
+    return model_dir
+
+
+def test_kmeans_router_is_data_driven_tied_and_exact(tiny_llama, tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from warmstart.arch import open_model
+    from warmstart.ops.upcycle_router import mlp_inputs
+
+    src = _with_char_tokenizer(tiny_llama)
+    corpus = tmp_path / "calibration.txt"
+    corpus.write_text("To be, or not to be, that is the question. " * 30 + "0123456789 {}[]()<>|~ " * 30)
+    result = _upcycle(src, tmp_path / "moe", experts=8, top_k=2, granularity=2, router="kmeans",
+                      corpus=str(corpus), calibration_tokens=1024)
+    assert result.transform.exact is True
+    rel, top1 = _compare(src, tmp_path / "moe")
+    assert rel <= TOL and top1 == 1.0
+    with safe_open(str(tmp_path / "moe" / "model.safetensors"), "pt") as f:
+        w = f.get_tensor("model.layers.1.block_sparse_moe.gate.weight")
+    assert all(torch.equal(w[2 * c], w[2 * c + 1]) for c in range(4))  # tied within each copy
+    norms = w.norm(dim=1)
+    assert torch.allclose(norms, norms[0].expand_as(norms))  # equal norms: argmax = nearest centroid in angle
+    x = mlp_inputs(open_model(src), src, corpus.read_text(), 1024)[1]
+    logits = x @ w.T
+    assert abs(logits.std().item() - 1.0) < 0.05  # scaled to unit spread on the calibration tokens
+    used = logits[:, ::2].argmax(dim=1).unique().numel()
+    assert used >= 2  # the clusters split the calibration tokens
+
+
+def test_kmeans_router_needs_a_readable_corpus(tiny_llama, tmp_path, capsys):
+    code = main(["upcycle", str(tiny_llama), str(tmp_path / "moe"), "--experts", "4", "--top-k", "2",
+                 "--router", "kmeans", "--corpus", str(tmp_path / "missing.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such calibration text file" in err and not (tmp_path / "moe").exists()
