@@ -32,7 +32,10 @@ Why these choices:
   with N every parameter that takes part in a matrix product or norm: all
   parameters except the input embedding table, with the output projection
   counted (for tied embeddings the shared matrix is counted once, as the
-  head). Attention-score FLOPs are left out, as in the 6ND rule.
+  head). Attention-score FLOPs are left out, as in the 6ND rule. In a
+  Mixture-of-Experts N is the active parameters: the router and the top-k
+  experts a token uses, not all experts (:mod:`warmstart.bench.moe`); its
+  load-balancing loss is added to the training loss.
 - **Resumable**: every ``checkpoint_every`` steps the model, optimizer and RNG
   states go to ``state/`` with ``Accelerator.save_state`` (replaced
   atomically), with the step and elapsed time; ``resume=True`` continues from
@@ -138,7 +141,9 @@ def flops_params(model) -> int:
     tied = head is not None and head.weight is emb
     if not tied:
         n -= emb.numel()
-    return int(n)
+    from warmstart.bench.moe import inactive_expert_params
+
+    return int(n - inactive_expert_params(model))  # a Mixture-of-Experts: only the experts a token uses count
 
 
 def count_params(model) -> int:
@@ -226,8 +231,14 @@ def _accelerator(settings: TrainSettings, accelerator=None):
 def _loss(model, x, y):
     import torch.nn.functional as F
 
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    out = model(input_ids=x)
+    logits = out.logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    aux = getattr(out, "aux_loss", None)
+    if aux is not None and model.training:  # a Mixture-of-Experts: the router's load-balancing loss joins training
+        config = getattr(model, "module", model).config
+        loss = loss + float(getattr(config, "router_aux_loss_coef", 0.0)) * aux.float()
+    return loss
 
 
 def evaluate(model, eval_tokens, offsets, seq_len: int, batch_size: int, accelerator) -> float:
