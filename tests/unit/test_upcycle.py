@@ -357,3 +357,14 @@ def test_kmeans_router_needs_a_readable_corpus(tiny_llama, tmp_path, capsys):
                  "--router", "kmeans", "--corpus", str(tmp_path / "missing.txt")])
     err = capsys.readouterr().err
     assert code == 2 and "no such calibration text file" in err and not (tmp_path / "moe").exists()
+
+
+def test_kmeans_router_in_a_chain_calibrates_on_the_grown_model(tiny_llama, tmp_path):
+    src = _with_char_tokenizer(tiny_llama)
+    corpus = tmp_path / "calibration.txt"
+    corpus.write_text("Something is rotten in the state of Denmark. " * 40)
+    result = _upcycle(src, tmp_path / "moe", before=[("hyperclone", {"mult": 2})], experts=4, top_k=2,
+                      router="kmeans", corpus=str(corpus), calibration_tokens=256)
+    assert result.transform.exact is True
+    rel, top1 = _compare(src, tmp_path / "moe")
+    assert rel <= TOL and top1 == 1.0
