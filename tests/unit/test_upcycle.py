@@ -368,3 +368,16 @@ def test_kmeans_router_in_a_chain_calibrates_on_the_grown_model(tiny_llama, tmp_
     assert result.transform.exact is True
     rel, top1 = _compare(src, tmp_path / "moe")
     assert rel <= TOL and top1 == 1.0
+
+
+def test_verify_measures_upcycled_outputs(tiny_llama, tmp_path, capsys):
+    src = _with_char_tokenizer(tiny_llama)
+    text = tmp_path / "text.txt"
+    text.write_text("Though this be madness, yet there is method in it. " * 4)
+    _upcycle(src, tmp_path / "exact", experts=4, top_k=2, granularity=2)
+    _upcycle(src, tmp_path / "drop", experts=4, top_k=2, drop_ratio=0.3)
+    capsys.readouterr()
+    assert main(["verify", str(src), str(tmp_path / "exact"), "--text", str(text), "--expect-exact"]) == 0
+    assert "exact within" in capsys.readouterr().out
+    assert main(["verify", str(src), str(tmp_path / "drop"), "--text", str(text), "--expect-exact"]) == 1
+    assert "verification failed" in capsys.readouterr().out
