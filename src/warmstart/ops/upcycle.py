@@ -55,6 +55,7 @@ from typing import Any
 
 from warmstart.arch.moe import MoeFormat, moe_format_for
 from warmstart.errors import ParamError, WarmstartError
+from warmstart.ops.depth import Zeros
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Plan, Ref, Step, identity
 
@@ -141,18 +142,6 @@ class RouterInit:
 
     def __repr__(self) -> str:
         return f"RouterInit({self.kind}, experts={self.experts}, per_copy={self.per_copy})"
-
-
-class Zeros:
-    def __init__(self, shape: tuple[int, ...], dtype: str):
-        self.shape, self.dtype = tuple(shape), dtype
-
-    def __call__(self):
-        import torch
-
-        from warmstart.checkpoint.dtypes import code_to_torch
-
-        return torch.zeros(self.shape, dtype=code_to_torch(self.dtype))
 
 
 # -- validation ------------------------------------------------------------------------------------------
