@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=4)
     ap.add_argument("--max-corpus-bytes", type=int, default=2_000_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                    help="arms to train (upcycled and moe-scratch are needed for the ratios)")
     args = ap.parse_args()
 
     import torch
@@ -114,9 +116,10 @@ def main() -> None:
     print(f"source: hidden {args.hidden}, {args.layers} layers, {src.params} params, {args.source_steps} steps, "
           f"eval loss {src.final_eval_loss:.4f}, {src.flops:.3e} FLOPs", flush=True)
 
-    results: dict[str, list[dict]] = {a: [] for a in ARMS}
+    arms = [a for a in ARMS if a in args.arms]
+    results: dict[str, list[dict]] = {a: [] for a in arms}
     for seed in range(args.seeds):
-        for arm in ARMS:
+        for arm in arms:
             run = out / f"seed-{seed}" / arm
             init = out / f"seed-{seed}" / f"{arm}-init"
             if arm == "dense":
@@ -127,7 +130,10 @@ def main() -> None:
                                   drop_ratio=0.5 if arm == "drop-upcycled" else 0.0, **UPCYCLE)
                 model = moe_module(init)
             else:
-                scratch_cfg = json.loads((out / "seed-0" / "upcycled-init" / "config.json").read_text())
+                shape = out / "moe-shape"
+                if not (shape / "config.json").exists():
+                    upcycle_model(src.final_dir, shape, force=True, **UPCYCLE)  # only its config is used
+                scratch_cfg = json.loads((shape / "config.json").read_text())
                 scratch_cfg["output_router_logits"] = True
                 torch.manual_seed(seed)
                 model = build_model({k: v for k, v in scratch_cfg.items() if k != "architectures"}, seed)
@@ -159,7 +165,7 @@ def main() -> None:
                           "steps": args.source_steps}, "args": vars(args), "arms": {}}
     lines = ["| arm | active / total params | first eval loss | final eval loss | active FLOPs | "
              "load entropy (1 = even) | busiest expert share x E |", "|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in arms:
         runs = results[arm]
         first, final = median([r["first"] for r in runs]), median([r["final"] for r in runs])
         ent = median([r["load"]["entropy"] for r in runs if r["load"]])
@@ -171,10 +177,12 @@ def main() -> None:
                      f"{runs[0]['flops']:.3e} | {'-' if ent is None else f'{ent:.3f}'} | "
                      f"{'-' if peak is None else f'{peak:.2f}'} |")
     ratios = {}
-    for arm in ("upcycled", "drop-upcycled"):
-        for ref in ("dense", "moe-scratch"):
+    for arm in [a for a in ("upcycled", "drop-upcycled") if a in results]:
+        for ref in [r for r in ("dense", "moe-scratch") if r in results]:
             per_seed = reach(results[arm], results[ref])
             ratios[f"{arm} to {ref} final"] = {"median": median(per_seed), "seeds": per_seed}
+        if "moe-scratch" not in results:
+            continue
         # with the source's pretraining counted for the upcycled arm (scratch has no source)
         with_src = []
         for a, b in zip(results[arm], results["moe-scratch"]):
