@@ -381,3 +381,40 @@ def test_verify_measures_upcycled_outputs(tiny_llama, tmp_path, capsys):
     assert "exact within" in capsys.readouterr().out
     assert main(["verify", str(src), str(tmp_path / "drop"), "--text", str(text), "--expect-exact"]) == 1
     assert "verification failed" in capsys.readouterr().out
+
+
+@pytest.fixture
+def qwen3_family(monkeypatch):
+    """Until the qwen3 arch spec lands: the llama spec answering for qwen3 (its q_norm/k_norm are copied as is)."""
+    import dataclasses
+
+    from warmstart.arch import spec
+    from warmstart.arch.llama import FAMILY
+
+    if any("qwen3" in f.model_types for f in spec.families().values()):
+        return
+    test_family = dataclasses.replace(FAMILY, name="qwen3-test", model_types=("qwen3",))
+    monkeypatch.setattr(spec, "_FAMILIES", {**spec.families(), test_family.name: test_family})
+
+
+def test_qwen3_to_qwen3_moe_exact(qwen3_family, tmp_path):
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    dense = tf.Qwen3ForCausalLM(cfg)
+    with torch.no_grad():
+        for _, p in dense.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    dense.save_pretrained(str(tmp_path / "qwen3"))
+    result = _upcycle(tmp_path / "qwen3", tmp_path / "moe", experts=8, top_k=2, granularity=2)
+    assert result.transform.exact is True
+    model = _load(tmp_path / "moe")
+    assert isinstance(model, tf.Qwen3MoeForCausalLM)
+    assert (model.config.num_experts, model.config.moe_intermediate_size, model.config.norm_topk_prob) == (8, 32, True)
+    rel, top1 = _compare(tmp_path / "qwen3", tmp_path / "moe")
+    assert rel <= TOL and top1 == 1.0
