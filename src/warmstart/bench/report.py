@@ -184,7 +184,8 @@ def markdown(recipe, results: dict) -> str:
     lines.append("Speedups are FLOPs ratios (scratch's FLOPs to the target over the arm's); \"incl. source\" adds the "
                  "source's own pretraining FLOPs to the arm's. \"Eval loss at equal compute\" is the arm's eval loss "
                  "once its FLOPs plus its source's equal scratch's total training FLOPs. Wall-time speedups are in "
-                 "results.json. FLOPs are 6 x N x tokens, N = parameters without the input embedding table.")
+                 "results.json. FLOPs are 6 x N x tokens, N = parameters without the input embedding table "
+                 "(for a Mixture-of-Experts, only the router and the top-k experts a token uses).")
     lines.append("")
     best, frac = results["best"]["arm"], results["best"]["fraction_with_source"]
     if best is None:

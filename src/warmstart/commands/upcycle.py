@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="Qwen-MoE: do not renormalize the top-k weights (the output is then not exact)")
     p.add_argument("--aux-loss-coef", type=float, default=0.01,
                    help="router load-balancing loss coefficient written to the config (default 0.01)")
+    p.add_argument("--output-router-logits", action="store_true",
+                   help="write output_router_logits: true, so that training with transformers adds the "
+                        "load-balancing loss (default false, as for inference)")
     p.add_argument("--seed", type=int, default=0, help="seed of the router and of Drop-Upcycling (default 0)")
     p.add_argument("--dry-run", action="store_true", help="plan and print what would be written; write nothing")
     p.add_argument("--verify", action="store_true",
@@ -49,6 +52,8 @@ def upcycle_params(args) -> dict:
     params = {"experts": args.experts, "top_k": args.top_k, "shared_experts": args.shared_experts,
               "granularity": args.granularity, "drop_ratio": args.drop_ratio, "router": args.router,
               "norm_topk": args.norm_topk, "aux_loss_coef": args.aux_loss_coef, "seed": args.seed}
+    if args.output_router_logits:
+        params["output_router_logits"] = True
     if args.router_std is not None:
         params["router_std"] = args.router_std
     if args.corpus is not None:

@@ -189,7 +189,7 @@ def check_dense(model, fmt: MoeFormat) -> None:
 def upcycle(model, *, experts: int, top_k: int, shared_experts: int = 0, granularity: int = 1,
             drop_ratio: float = 0.0, router: str = "random", router_std: float | None = None,
             corpus: str | None = None, calibration_tokens: int = 4096, norm_topk: bool = True,
-            aux_loss_coef: float = 0.01, seed: int = 0) -> Transform:
+            aux_loss_coef: float = 0.01, output_router_logits: bool = False, seed: int = 0) -> Transform:
     """Sparse Upcycling: dense MLP -> E experts (copies or slices) and a router, in transformers' MoE class."""
     src = model.checkpoint.path
     fmt = moe_format_for(model.config.get("model_type"), src)
@@ -245,6 +245,7 @@ def upcycle(model, *, experts: int, top_k: int, shared_experts: int = 0, granula
     plan, maps = _plan(model, fmt, E=E, R=R, S=S, m=m, n_drop=n_drop, router=router, std=float(std), seed=seed,
                        corpus=corpus, calibration_tokens=calibration_tokens)
     config = moe_config(model, fmt, E=E, K=K, S=S, m=m, norm_topk=norm_topk, aux=aux)
+    config["output_router_logits"] = bool(output_router_logits)  # true: transformers adds the balancing loss
     exact, notes = exactness(fmt, E=E, K=K, S=S, G=G, R=R, n_drop=n_drop, drop=drop, router=router,
                              norm_topk=norm_topk)
     return Transform(plan, config, exact, notes, maps)
@@ -299,7 +300,6 @@ def moe_config(model, fmt: MoeFormat, *, E: int, K: int, S: int, m: int, norm_to
     if fmt.shared_size_field is not None:
         out[fmt.shared_size_field] = S * m
     out[fmt.aux_loss_field] = aux
-    out["output_router_logits"] = False
     if fmt.attention_bias_field is not None:
         out[fmt.attention_bias_field] = model.layout.has("attn.q.bias", 0)
     out.update(fmt.extra_config)
