@@ -418,3 +418,16 @@ def test_qwen3_to_qwen3_moe_exact(qwen3_family, tmp_path):
     assert (model.config.num_experts, model.config.moe_intermediate_size, model.config.norm_topk_prob) == (8, 32, True)
     rel, top1 = _compare(tmp_path / "qwen3", tmp_path / "moe")
     assert rel <= TOL and top1 == 1.0
+
+
+def test_output_router_logits_for_training(tiny_llama, tmp_path):
+    import torch
+
+    assert main(["upcycle", str(tiny_llama), str(tmp_path / "moe"), "--experts", "4", "--top-k", "2",
+                 "--output-router-logits", "--aux-loss-coef", "0.02", "--quiet"]) == 0
+    cfg = json.loads((tmp_path / "moe" / "config.json").read_text())
+    assert cfg["output_router_logits"] is True and cfg["router_aux_loss_coef"] == 0.02
+    out = _load(tmp_path / "moe")(input_ids=_ids(), labels=_ids())
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+    _upcycle(tiny_llama, tmp_path / "plain", experts=4, top_k=2)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["output_router_logits"] is False
