@@ -120,6 +120,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {a: [] for a in arms}
     for seed in range(args.seeds):
         for arm in arms:
+            (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
             run = out / f"seed-{seed}" / arm
             init = out / f"seed-{seed}" / f"{arm}-init"
             if arm == "dense":
