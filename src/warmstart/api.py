@@ -178,6 +178,18 @@ def grow(model, out, *, optimizer_state=None, dtype: str | None = None, max_shar
                  max_shard_size=max_shard_size, force=force, dry_run=dry_run, progress=progress, verify=verify)
 
 
+def upcycle(model, out, *, before: Sequence[tuple[str, dict] | dict] | None = (), dtype: str | None = None,
+            max_shard_size: str | int | None = "2GB", force: bool = False, dry_run: bool = False,
+            progress: bool = False, verify: bool = False, **params) -> ChainResult:
+    """Dense -> Mixture-of-Experts (`params`: experts, top_k, shared_experts, granularity, drop_ratio, router ...).
+
+    `before` grows the model first in the same pass (AquilaMoE's scale-up then scale-out), e.g.
+    ``before=[("hyperclone", {"mult": 2})]``.
+    """
+    return chain(model, out, [*(before or ()), ("upcycle", params)], dtype=dtype, max_shard_size=max_shard_size, force=force,
+                 dry_run=dry_run, progress=progress, verify=verify)
+
+
 def shrink_steps(*, layers: int | None = None, depth_method: str = "drop", hidden: int | None = None,
                  intermediate: int | None = None, heads: int | None = None, kv_heads: int | None = None,
                  seed: int = 0) -> list[tuple[str, dict]]:

@@ -166,7 +166,8 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
             tokenizer=None, text_name: str = "given text") -> VerifyReport:
     """Run both models on `text` and measure how far the grown one is from the source."""
     source, grown = Path(source), Path(grown)
-    a_info, b_info = open_model(source), open_model(grown)
+    a_info = open_model(source)
+    b_info = upcycled_view(grown, a_info.family) or open_model(grown)
     if a_info.family.name != b_info.family.name:
         raise WarmstartError(f"different families: {a_info.family.name} and {b_info.family.name}", grown)
     if a_info.dims.vocab != b_info.dims.vocab:
@@ -186,6 +187,29 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
     a, b = _load(source, family), _load(grown, family)
     return compare_models(a, b, tok, text, causal=family.causal, max_tokens=limit, source=str(source),
                           grown=str(grown), family=family.name, text_name=text_name)
+
+
+def upcycled_view(path: Path, family):
+    """A Mixture-of-Experts upcycled from `family` (warmstart upcycle), seen as that family for comparison; else None.
+
+    Its MoE class loads through the same Auto class, so the comparison is the
+    same as for a grown model of the family.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from warmstart.arch.moe import MOE_FORMATS
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    targets = {MOE_FORMATS[t].model_type for t in family.model_types if t in MOE_FORMATS}
+    if config.get("model_type") not in targets or not isinstance(config.get("vocab_size"), int):
+        return None
+    return SimpleNamespace(family=family, dims=SimpleNamespace(vocab=config["vocab_size"]))
 
 
 def compare_models(a, b, tok, text: str, *, causal: bool, max_tokens: int = 128, source: str = "source",

@@ -252,3 +252,12 @@ def _save_tokenizer(tok, folder: Path) -> None:
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=None)
     fast.save_pretrained(str(folder))
+
+
+def windows(tokens: np.ndarray, offsets: Sequence[int], seq_len: int):
+    """(inputs, next-token targets) for the windows of `seq_len` + 1 tokens starting at `offsets`."""
+    import torch
+
+    rows = np.stack([np.asarray(tokens[o:o + seq_len + 1], dtype=np.int64) for o in offsets])
+    t = torch.from_numpy(rows)
+    return t[:, :-1], t[:, 1:]

@@ -244,7 +244,8 @@ def markdown(recipe, results: dict) -> str:
     lines.append("Speedups are FLOPs ratios (scratch's FLOPs to the target over the arm's); \"incl. source\" adds the "
                  "source's own pretraining FLOPs to the arm's. \"Eval loss at equal compute\" is the arm's eval loss "
                  "once its FLOPs plus its source's equal scratch's total training FLOPs. FLOPs are 6 x N x tokens, "
-                 "N = parameters without the input embedding table.")
+                 "N = parameters without the input embedding table (for a Mixture-of-Experts, only the router and "
+                 "the top-k experts a token uses).")
     lines.append("")
     lines.append("## Speedups in tokens, FLOPs and wall time")
     lines.append("")

@@ -32,7 +32,10 @@ Why these choices:
   with N every parameter that takes part in a matrix product or norm: all
   parameters except the input embedding table, with the output projection
   counted (for tied embeddings the shared matrix is counted once, as the
-  head). Attention-score FLOPs are left out, as in the 6ND rule.
+  head). Attention-score FLOPs are left out, as in the 6ND rule. In a
+  Mixture-of-Experts N is the active parameters: the router and the top-k
+  experts a token uses, not all experts (:mod:`warmstart.bench.moe`); its
+  load-balancing loss is added to the training loss.
 - **Resumable**: every ``checkpoint_every`` steps the model, optimizer and RNG
   states go to ``state/`` with ``Accelerator.save_state`` (replaced
   atomically), with the step and elapsed time; ``resume=True`` continues from
@@ -59,6 +62,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from warmstart.bench.data import windows
+from warmstart.bench.moe import inactive_expert_params
 from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
 from warmstart.schedules.spec import ScheduleSpecError, resolve
@@ -144,7 +149,7 @@ def flops_params(model) -> int:
     tied = head is not None and head.weight is emb
     if not tied:
         n -= emb.numel()
-    return int(n)
+    return int(n - inactive_expert_params(model))  # a Mixture-of-Experts: only the experts a token uses count
 
 
 def count_params(model) -> int:
@@ -192,14 +197,6 @@ def eval_offsets(n_tokens: int, seq_len: int, count: int) -> np.ndarray:
     return np.linspace(0, high, count).round().astype(np.int64)
 
 
-def windows(tokens: np.ndarray, offsets: Sequence[int], seq_len: int):
-    import torch
-
-    rows = np.stack([np.asarray(tokens[o:o + seq_len + 1], dtype=np.int64) for o in offsets])
-    t = torch.from_numpy(rows)
-    return t[:, :-1], t[:, 1:]
-
-
 def check_tokens(name: str, tokens, seq_len: int) -> None:
     if tokens is None or len(tokens) < seq_len + 2:
         n = 0 if tokens is None else len(tokens)
@@ -232,8 +229,14 @@ def _accelerator(settings: TrainSettings, accelerator=None):
 def _loss(model, x, y):
     import torch.nn.functional as F
 
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    out = model(input_ids=x)
+    logits = out.logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    aux = getattr(out, "aux_loss", None)
+    if aux is not None and model.training:  # a Mixture-of-Experts: the router's load-balancing loss joins training
+        config = getattr(model, "module", model).config
+        loss = loss + float(getattr(config, "router_aux_loss_coef", 0.0)) * aux.float()
+    return loss
 
 
 def evaluate(model, eval_tokens, offsets, seq_len: int, batch_size: int, accelerator) -> float:

@@ -58,7 +58,10 @@ class ChainResult:
         """What the commands print: the summary, and for a dry run the plan, block by block."""
         out = self.summary()
         if self.report.dry_run:
-            out[-1:-1] = [f"plan: {len(self.report.tensors)} tensors, {self.report.parameters:,} parameters"]
+            cfg = self.transform.config
+            arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
+            out[-1:-1] = [f"plan: {arch} ({cfg.get('model_type')}), {len(self.report.tensors)} tensors, "
+                          f"{self.report.parameters:,} parameters"]
             out[-1:-1] = ["  " + line for line in block_summary(self.report.tensors)]
         return out
 
