@@ -182,7 +182,7 @@ def olora_method(ctx: Context):
 def eva_method(ctx: Context):
     """EVA: A from the right singular vectors of each layer's inputs on the corpus, B zero (PEFT)."""
     import torch
-    from peft import EvaConfig
+    from peft.tuners.lora.config import EvaConfig
     from peft.tuners.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
 
     # rho=1: every layer keeps rank r, so methods compare at the same budget (PEFT's default 2 redistributes).
@@ -201,14 +201,15 @@ def eva_method(ctx: Context):
 def corda_method(ctx: Context):
     """CorDA: decomposition of W times the corpus' input covariance; instruction-previewed (ipm) by default (PEFT)."""
     import torch
-    from peft import CordaConfig
+    from peft.tuners.lora.config import CordaConfig
     from peft.tuners.lora.corda import preprocess_corda
 
     config = lora_config(ctx, "corda", corda_config=CordaConfig(corda_method=ctx.option("corda_mode", "ipm")))
 
-    def run_model():
+    def run_model():  # PEFT's covariance hook takes one sequence per forward
         for batch in ctx.batches:
-            ctx.model(**batch)
+            for i in range(batch["input_ids"].shape[0]):
+                ctx.model(**{k: v[i:i + 1] for k, v in batch.items()})
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -220,7 +221,7 @@ def corda_method(ctx: Context):
 @register("lora-ga", needs_corpus=True, moves_base=True, full_precision=True)
 def lora_ga_method(ctx: Context):
     """LoRA-GA: factors from the SVD of the averaged full-weight gradient on the corpus (PEFT)."""
-    from peft import LoraGAConfig
+    from peft.tuners.lora.config import LoraGAConfig
     from peft.tuners.lora.loraga import preprocess_loraga
 
     config = lora_config(ctx, "lora_ga", lora_ga_config=LoraGAConfig())
@@ -274,29 +275,34 @@ def init_b_method(ctx: Context):
     return model
 
 
-def nystrom_factors(weight, rank: int, scaling: float, generator):
+def nystrom_factors(weight, rank: int, scaling: float, generator, oversample: int = 0):
     """NLoRA's Nyström initialization of one (out x in) matrix W, folded into PEFT's two factors.
 
-    Sketches, drawn in this order from `generator` in float64: Omega (in x r),
-    then Psi (out x r), standard normal. NLoRA's three factors are
-    C = W Omega (out x r), N = pinv(Psi^T W Omega) (r x r), R = Psi^T W (r x in),
-    whose product is the generalized Nyström approximation of W. PEFT has no
-    three-factor layer, so N = U S V^T is split between the two:
-    B = C U S^1/2 / sqrt(scaling), A = S^1/2 V^T R / sqrt(scaling); then
-    scaling * B @ A = C N R exactly (up to rounding).
+    Sketches, drawn in this order from `generator` in float64, standard
+    normal: Omega (in x r), then Psi (out x (r + oversample)). The adapter's
+    product is the generalized Nyström approximation
+
+        scaling * B @ A = (W Omega) pinv(Psi^T W Omega) (Psi^T W),
+
+    NLoRA's three factors C = W Omega, N = pinv(Psi^T W Omega), R = Psi^T W.
+    PEFT has no three-factor layer, so the product is split in two, balanced
+    by an SVD: with W Omega = Q T (QR), the product is Q M, M = pinv(Psi^T Q)
+    Psi^T W = U S V^T, B = Q U S^1/2 / sqrt(scaling), A = S^1/2 V^T /
+    sqrt(scaling). oversample = 0 is the plain form; a few extra columns of
+    Psi keep pinv well conditioned, so the product (and the residual base,
+    stored in the checkpoint's dtype) stays near W's scale.
     """
     import torch
 
     w = weight.double()
     out_dim, in_dim = w.shape
     omega = torch.randn(in_dim, rank, generator=generator, dtype=torch.float64)
-    psi = torch.randn(out_dim, rank, generator=generator, dtype=torch.float64)
-    c = w @ omega
-    r = psi.T @ w
-    core = torch.linalg.pinv(psi.T @ c)
-    u, s, vh = torch.linalg.svd(core)
+    psi = torch.randn(out_dim, rank + oversample, generator=generator, dtype=torch.float64)
+    q, _ = torch.linalg.qr(w @ omega)
+    m = torch.linalg.pinv(psi.T @ q) @ (psi.T @ w)
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
     root = s.sqrt() / math.sqrt(scaling)
-    return c @ (u * root), (root[:, None] * vh) @ r
+    return (q @ u) * root, root[:, None] * vh
 
 
 @register("nlora", moves_base=True, full_precision=True, by="warmstart")
@@ -307,7 +313,8 @@ def nlora_method(ctx: Context):
     model = peft_model(ctx, lora_config(ctx, True))
     gen = torch.Generator().manual_seed(ctx.spec.seed)
     for _, layer in lora_layers(model):
-        b, a = nystrom_factors(_weight_fp64(layer), ctx.spec.rank, layer.scaling["default"], gen)
+        b, a = nystrom_factors(_weight_fp64(layer), ctx.spec.rank, layer.scaling["default"], gen,
+                               oversample=int(ctx.option("nlora_oversample", ctx.spec.rank)))
         _set_factors(layer, b, a, subtract=True)
     return model
 

@@ -29,6 +29,9 @@ def register(sub) -> None:
                    "(default 1e-4)")
     p.add_argument("--sb-rule", choices=["adam", "sgd"], default=None,
                    help="lora-sb: first step of Adam (-lr*sign(g), default) or SGD (-lr*g)")
+    p.add_argument("--nlora-oversample", type=int, default=None, metavar="P",
+                   help="nlora: extra columns of the left sketch, for a well-conditioned core (default: the rank; "
+                        "0 is the plain Nyström form)")
     p.add_argument("--corda-mode", choices=["ipm", "kpm"], default=None,
                    help="corda: instruction-previewed (ipm, default) or knowledge-preserving (kpm)")
     p.add_argument("--export", choices=["lora"], default=None,
@@ -56,7 +59,7 @@ def run(args) -> int:
             raise WarmstartError("--initial and --trained are for --export lora")
         from warmstart.adapter import AdapterSpec, initialize
 
-        options = {"sb_lr": args.sb_lr, "sb_rule": args.sb_rule, "corda_mode": args.corda_mode}
+        options = {"nlora_oversample": args.nlora_oversample, "sb_lr": args.sb_lr, "sb_rule": args.sb_rule, "corda_mode": args.corda_mode}
         spec = AdapterSpec(method=args.method, rank=args.rank, alpha=args.alpha, target_modules=args.target_modules,
                            corpus=[Path(c) for c in args.corpus], batches=args.batches, batch_size=args.batch_size,
                            seq_len=args.seq_len, seed=args.seed, options=options)
