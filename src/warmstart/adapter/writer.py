@@ -106,6 +106,22 @@ def validate(model_dir: Path, spec: cfg.AdapterSpec):
     return ckpt, method, keys, targets
 
 
+def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None, where=None):
+    """Run `spec.method` on a loaded transformers model (modified in place); returns (PEFT model, context).
+
+    The in-memory entry point (benchmarks use it); :func:`initialize` adds
+    the checks, the loading and the writing around it.
+    """
+    method = registry.get(spec.method)
+    ctx = registry.Context(model, spec, list(target_modules), batches)
+    try:
+        return method.fn(ctx), ctx
+    except (ValueError, TypeError, RuntimeError) as err:
+        if isinstance(err, WarmstartError):
+            raise
+        raise WarmstartError(f"PEFT could not initialize {spec.method}: {str(err).splitlines()[0]}", where) from err
+
+
 def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) -> AdapterReport:
     """Initialize a LoRA adapter on `model_dir` with `spec.method`; write OUT/adapter (and OUT/base)."""
     import torch
@@ -126,13 +142,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
     if method.needs_corpus:
         batches = calibration_batches(model_dir, [Path(f) for f in spec.corpus], spec.batches, spec.batch_size,
                                       spec.seq_len)
-    ctx = registry.Context(model, spec, keys, batches)
-    try:
-        peft_model = method.fn(ctx)
-    except (ValueError, TypeError, RuntimeError) as err:
-        if isinstance(err, WarmstartError):
-            raise
-        raise WarmstartError(f"PEFT could not initialize {spec.method}: {str(err).splitlines()[0]}", model_dir) from err
+    peft_model, ctx = attach(model, spec, keys, batches, where=model_dir)
     ctx.timings["total_s"] = time.perf_counter() - t_start
     trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     report = AdapterReport(out, spec.method, len(targets), trainable, method.moves_base, ctx.timings, ctx.notes)
