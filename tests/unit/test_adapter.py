@@ -322,3 +322,29 @@ def test_loftq_refused_where_it_cannot_run(setup, tmp_path, capsys):
         pytest.skip("bitsandbytes and a CUDA device are present: LoftQ can run here")
     err = _bad(setup, tmp_path, capsys, "--method", "loftq")
     assert "loftq" in err
+
+
+# -- GPT-2's transposed (Conv1D) layers -----------------------------------------------
+@pytest.mark.parametrize("method", ["pissa", "nlora"])
+def test_conv1d_residual_gives_the_source_logits(tmp_path, method):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = build_tiny("gpt2", tmp_path / "gpt2")
+    out = tmp_path / "out"
+    assert main(["adapter", str(model_dir), str(out), "--method", method, "--rank", "4", "--quiet",
+                 "--target-modules", "c_attn", "c_fc"]) == 0
+    ids = torch.arange(3, 40).view(1, -1)
+    reference = logits_of(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32), ids)
+    assert rel(logits_of(peft_on(out / "base", out / "adapter"), ids), reference) < 1e-4
+    residual = load_tensors(out / "base" / "model.safetensors")["transformer.h.0.attn.c_attn.weight"]
+    source = load_tensors(model_dir / "model.safetensors")["transformer.h.0.attn.c_attn.weight"]
+    assert not torch.allclose(residual, source)
+
+
+def test_olora_on_conv1d_refused_before_writing(tmp_path, capsys):
+    model_dir = build_tiny("gpt2", tmp_path / "gpt2")
+    out = tmp_path / "out"
+    assert main(["adapter", str(model_dir), str(out), "--method", "olora", "--rank", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Conv1D" in err
+    assert not out.exists()

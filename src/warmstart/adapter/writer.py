@@ -144,6 +144,9 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
                                       spec.seq_len)
     peft_model, ctx = attach(model, spec, keys, batches, where=model_dir)
     ctx.timings["total_s"] = time.perf_counter() - t_start
+    error = check_factors(ckpt, peft_model, spec, method)
+    if error is not None:
+        ctx.notes.append(f"residual base + adapter = source: largest relative difference {error:.2e}")
     trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     report = AdapterReport(out, spec.method, len(targets), trainable, method.moves_base, ctx.timings, ctx.notes)
     meta = {
@@ -162,6 +165,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
         "calibration": ({"files": len(spec.corpus), "batches": len(batches), "batch_size": spec.batch_size,
                          "seq_len": spec.seq_len} if batches else None),
         "timings_s": {k: round(v, 4) for k, v in ctx.timings.items()},
+        "reconstruction_max_rel_error": error,
     }
     with _atomic(out, force, [model_dir]) as tmp:
         save_adapter(peft_model, tmp / "adapter")
@@ -171,6 +175,36 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
             json.dump(meta, f, indent=2)
             f.write("\n")
     return report
+
+
+def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | None:
+    """Refuse factors of the wrong shape; for moving methods, the largest relative |W_res + s B A - W| (one tensor at a time)."""
+    import torch
+
+    worst = 0.0
+    for name, layer in registry.lora_layers(peft_model):
+        base = layer.get_base_layer()
+        fan_in_fan_out = getattr(layer, "fan_in_fan_out", False)
+        w_shape = tuple(base.weight.shape[::-1] if fan_in_fan_out else base.weight.shape)  # (out, in)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        if tuple(b.shape) != (w_shape[0], a.shape[0]) or tuple(a.shape) != (b.shape[1], w_shape[1]):
+            how = "a transposed (Conv1D) layer" if fan_in_fan_out else "this layer"
+            raise WarmstartError(f"{spec.method} produced factors of shape {tuple(b.shape)} x {tuple(a.shape)} for "
+                                 f"{name} {list(w_shape)}: PEFT does not support {how} for this method", ckpt.path)
+        if not method.moves_base or not method.exact:
+            continue
+        delta = layer.scaling["default"] * (b.detach().double() @ a.detach().double())
+        if fan_in_fan_out:
+            delta = delta.T
+        source = ckpt.get(f"{name}.weight").double()
+        err = float((base.weight.detach().double() + delta - source).abs().max() / source.abs().max().clamp_min(1e-30))
+        worst = max(worst, err)
+    if not method.moves_base or not method.exact:
+        return None
+    if worst > 1e-3:
+        raise WarmstartError(f"{spec.method}: residual base + adapter differs from the source by {worst:.2e} "
+                             "(relative); refusing to write it", ckpt.path)
+    return worst
 
 
 def save_adapter(peft_model, path: Path) -> None:
