@@ -136,7 +136,11 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
         load_tokenizer(model_dir)  # refuse a model without a tokenizer before loading the weights
     t_start = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    except (ValueError, OSError, KeyError) as err:
+        raise WarmstartError(f"transformers cannot load this as a causal LM: {str(err).splitlines()[0]}",
+                             model_dir) from err
     model.eval()
     batches = None
     if method.needs_corpus:
@@ -182,6 +186,7 @@ def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | No
     import torch
 
     worst = 0.0
+    limit = 1e-3
     for name, layer in registry.lora_layers(peft_model):
         base = layer.get_base_layer()
         fan_in_fan_out = getattr(layer, "fan_in_fan_out", False)
@@ -196,12 +201,14 @@ def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | No
         delta = layer.scaling["default"] * (b.detach().double() @ a.detach().double())
         if fan_in_fan_out:
             delta = delta.T
+        # the residual is rounded to the checkpoint's dtype: bf16/fp16 bases allow a few of their epsilons
+        limit = max(limit, 4 * torch.finfo(base.weight.dtype).eps)
         source = ckpt.get(f"{name}.weight").double()
         err = float((base.weight.detach().double() + delta - source).abs().max() / source.abs().max().clamp_min(1e-30))
         worst = max(worst, err)
     if not method.moves_base or not method.exact:
         return None
-    if worst > 1e-3:
+    if worst > limit:
         raise WarmstartError(f"{spec.method}: residual base + adapter differs from the source by {worst:.2e} "
                              "(relative); refusing to write it", ckpt.path)
     return worst
