@@ -115,7 +115,7 @@ def test_residual_base_plus_adapter_reproduces_source(setup, method, tmp_path):
     assert rel(rebuilt, reference) < 1e-4
 
 
-@pytest.mark.parametrize("method", ["pissa", "olora"])
+@pytest.mark.parametrize("method", ["pissa", "olora", "nlora", "corda"])
 def test_export_lora_matches_trained_model(setup, method, tmp_path):
     """Train the adapter on the residual base a few steps; the exported LoRA on the untouched base is the same model."""
     model_dir = setup[0]
@@ -157,6 +157,25 @@ def test_export_at_initialization_is_the_source(setup, tmp_path):
     ids = token_ids(model_dir)
     source = logits_of(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32), ids)
     assert rel(logits_of(peft_on(model_dir, tmp_path / "lora"), ids), source) < 1e-5
+
+
+def test_export_of_a_method_that_moves_nothing_is_the_adapter(setup, tmp_path):
+    model_dir = setup[0]
+    out = init(setup, "gaussian", tmp_path / "init")
+    assert main(["adapter", str(model_dir), str(tmp_path / "lora"), "--export", "lora", "--initial", str(out),
+                 "--quiet"]) == 0
+    assert digest(tmp_path / "lora") == digest(out / "adapter")
+
+
+def test_export_needs_an_initialization(setup, tmp_path, capsys):
+    model_dir = setup[0]
+    assert main(["adapter", str(model_dir), str(tmp_path / "lora"), "--export", "lora"]) == 2
+    assert "--initial" in capsys.readouterr().err
+    assert main(["adapter", str(model_dir), str(tmp_path / "lora"), "--export", "lora", "--initial",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "warmstart_adapter.json" in err
+    assert not (tmp_path / "lora").exists()
 
 
 # -- NLoRA and LoRA-SB against their papers' definitions ----------------------------
