@@ -154,19 +154,29 @@ def summarize(runs, methods, lrs, seeds, steps):
             ends.append(final(r))
             init.append(r["init_s"])
         med = statistics.median(reach)
+        if m == "default":
+            speedup = 1.0  # the reference: its final loss after the whole budget
+        elif not math.isfinite(med):
+            speedup = None
+        else:
+            speedup = steps / med if med else math.inf
         rows.append({"method": m, "best_lr": best[m], "start": statistics.median(starts),
                      "final": statistics.median(ends), "steps_to_default_final": med,
-                     "speedup_vs_default": (steps / med) if med and math.isfinite(med) else (None if not math.isfinite(med) else math.inf),
+                     "steps_per_seed": reach, "speedup_vs_default": speedup,
                      "init_s": statistics.median(init)})
     return rows
 
 
 def table(rows, steps) -> str:
-    lines = ["| method | best LR | held-out loss at step 0 | final (step %d) | steps to default's final | speed-up | init s |" % steps,
+    lines = ["| method | best LR | held-out loss at step 0 | final (step %d) | steps to default's final (median; per seed) "
+             "| speed-up | init s |" % steps,
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         k = r["steps_to_default_final"]
-        ks = "not reached" if not math.isfinite(k) else f"{k:g}"
+        per = ", ".join("-" if not math.isfinite(x) else f"{x:g}" for x in r["steps_per_seed"])
+        ks = ("not reached" if not math.isfinite(k) else f"{k:g}") + f" ({per})"
+        if r["method"] == "default":
+            ks += " (reference: first evaluation at or below its own final value)"
         sp = r["speedup_vs_default"]
         sps = "-" if sp is None else ("inf" if sp == math.inf else f"{sp:.2f}x")
         lines.append(f"| {r['method']} | {r['best_lr']:g} | {r['start']:.4f} | {r['final']:.4f} | {ks} | {sps} | "
