@@ -89,7 +89,9 @@ def test_residual_base_plus_adapter_reproduces_source(setup, method, tmp_path):
     assert digest(model_dir) == before, "the source was modified"
     meta = json.loads((out / "warmstart_adapter.json").read_text())
     assert meta["moves_base"] and meta["layout"]["base"] == "base"
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["init_lora_weights"] is True
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["init_lora_weights"] is True
+    assert Path(adapter_config["base_model_name_or_path"]) == (out / "base").resolve()
 
     source = load_tensors(model_dir / "model.safetensors")
     residual = load_tensors(out / "base" / "model.safetensors")

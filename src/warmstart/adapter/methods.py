@@ -143,8 +143,8 @@ def _set_factors(layer, b, a, subtract: bool) -> None:
 
 
 def _data_time(ctx: Context, what: str, t0: float) -> None:
-    ctx.timings[f"statistics_s"] = time.perf_counter() - t0
-    ctx.notes.append(f"{what}: {ctx.timings['statistics_s']:.2f} s on {len(ctx.batches or [])} batches")
+    ctx.timings["statistics_s"] = time.perf_counter() - t0
+    ctx.notes.append(f"statistics ({what}) took {ctx.timings['statistics_s']:.2f} s on {len(ctx.batches or [])} batches")
 
 
 # -- delegated to PEFT -------------------------------------------------------------

@@ -8,7 +8,9 @@ temporary sibling renamed into place, so a failure leaves nothing)::
                                 the residual base, a full HF model directory (config, weights, tokenizer)
     OUT/warmstart_adapter.json  method, rank, alpha, targets, timings, layout
 
-Load with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT/base or MODEL), OUT/adapter)``.
+Load with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT/base or MODEL), OUT/adapter)``;
+the adapter's ``base_model_name_or_path`` names OUT/base for moving methods,
+so ``AutoPeftModelForCausalLM`` finds the residual, never the source.
 The adapter's config says ``init_lora_weights: true`` on purpose: PEFT re-runs
 the named initialization when it loads an adapter, and PiSSA/OLoRA would then
 subtract the principal part from the residual a second time. The method
@@ -50,8 +52,6 @@ class AdapterReport:
         lines = [f"wrote {self.out}/adapter: {self.method}, {self.targets} matrices, {self.trainable:,} trainable parameters"]
         if self.moved_base:
             lines.append(f"wrote {self.out}/base: the residual base (load the adapter on it, not on the source)")
-        if "statistics_s" in self.timings:
-            lines.append(f"statistics took {self.timings['statistics_s']:.2f} s")
         lines.append(f"initialization took {self.timings.get('total_s', 0.0):.2f} s")
         lines += self.notes
         return lines
@@ -174,6 +174,9 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
     with _atomic(out, force, [model_dir]) as tmp:
         save_adapter(peft_model, tmp / "adapter")
         if method.moves_base:
+            # AutoPeftModel loads the base named here: it must be the residual, never the source
+            _set_base_path(tmp / "adapter", str(out.resolve() / "base"))
+        if method.moves_base:
             write_residual_base(ckpt, peft_model, tmp / "base")
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
@@ -221,8 +224,14 @@ def save_adapter(peft_model, path: Path) -> None:
     for sub in ("eva_config", "corda_config", "lora_ga_config", "loftq_config"):
         if hasattr(config, sub):
             setattr(config, sub, None if sub != "loftq_config" else {})
-    config.base_model_name_or_path = None  # the layout is in warmstart_adapter.json; no path of this machine
     peft_model.save_pretrained(str(path))
+
+
+def _set_base_path(adapter_dir: Path, base: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def residual_weights(peft_model) -> dict[str, object]:
@@ -307,10 +316,7 @@ def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) 
         shutil.copytree(initial, copy)
         with _atomic(out, force, [model_dir, init_dir, trained]) as tmp:
             model.save_pretrained(str(tmp), path_initial_model_for_weight_conversion=str(copy))
-            config_path = tmp / "adapter_config.json"
-            config = json.loads(config_path.read_text())
-            config["base_model_name_or_path"] = None
-            config_path.write_text(json.dumps(config, indent=2) + "\n")
+            _set_base_path(tmp, str(model_dir.resolve()))  # plain LoRA: against the untouched source
     r = meta["rank"]
     return [f"wrote {out}: plain LoRA of rank {2 * r} (= [trained | initial] factors of {meta['method']}) "
             f"against the untouched base"]
