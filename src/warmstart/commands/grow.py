@@ -22,6 +22,9 @@ def register(sub) -> None:
                    help="stack (G_stack), interleave, dus (SOLAR depth up-scaling), expand (LLaMA Pro, exact)")
     d.add_argument("--dus-overlap", type=int, metavar="K",
                    help="dus: layers dropped at the seam of each copy (output has 2*(L-K) layers)")
+    d.add_argument("--new-block-init", choices=["zero", "idinit"], default=None,
+                   help="expand: output projections of the new blocks: zero (exact, default) or idinit "
+                        "(IDInit's eps-scaled identity-like matrix, not exact)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
@@ -84,6 +87,10 @@ def depth_step(args) -> tuple[str, dict] | None:
         return "dus", {"layers": args.layers, "overlap": args.dus_overlap}
     if args.layers is None:
         raise WarmstartError(f"--depth-method {args.depth_method} needs --layers N")
+    if getattr(args, "new_block_init", None) is not None:
+        if args.depth_method != "expand":
+            raise WarmstartError("--new-block-init is for --depth-method expand")
+        return args.depth_method, {"layers": args.layers, "new_block_init": args.new_block_init}
     return args.depth_method, {"layers": args.layers}
 
 

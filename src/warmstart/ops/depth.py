@@ -87,11 +87,11 @@ def block_prefix(model) -> str:
 
 
 def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = frozenset(), *,
-          op: str, exact: bool, notes: list[str]) -> Transform:
+          op: str, exact: bool, notes: list[str], fresh=None) -> Transform:
     """The plan that builds block j from source block layer_map[j].
 
     Blocks listed in `new_layers` get zero residual-output projections (LLaMA
-    Pro). Tensors outside the blocks are copied as they are, in the source's
+    Pro), or what `fresh(shape, dtype)` makes (see warmstart.ops.fresh). Tensors outside the blocks are copied as they are, in the source's
     order; the output blocks take the place of the source's blocks.
     """
     ckpt = model.checkpoint
@@ -133,8 +133,9 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 role = roles.get(name)
                 if new and role is not None and role.role in RESIDUAL_OUTPUT_ROLES:
                     info = ckpt.info(name)
-                    steps.append(Step(out, tuple(info.shape), info.dtype, (), Zeros(info.shape, info.dtype),
-                                      note="new block: zero residual output"))
+                    make = fresh(info.shape, info.dtype) if fresh is not None else Zeros(info.shape, info.dtype)
+                    steps.append(Step(out, tuple(info.shape), info.dtype, (), make,
+                                      note="new block: fresh residual output"))
                     sources[out] = (name, True)
                 else:
                     copy(name, out, new)
@@ -266,9 +267,12 @@ def expand_map(L: int, n: int) -> tuple[list[int], set[int]]:
 
 
 @register("expand", "depth", "LLaMA Pro block expansion: inserted copies with zero output projections (exact, pre-norm)")
-def expand(model, *, layers: int) -> Transform:
+def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float = 1e-6) -> Transform:
+    from warmstart.ops import fresh
+
     L = model.dims.layers
     src = _src(model)
+    init = fresh.get(new_block_init, src)
     fam = model.family
     if fam.norm_position != "pre":
         raise ParamError("layers", f"expand is refused for {fam.name}: it is a post-norm model, where a block with zero "
@@ -287,11 +291,16 @@ def expand(model, *, layers: int) -> Transform:
         raise ParamError("layers", f"expand cannot guarantee an exact block: tensor {unknown[0]!r} has no known role",
                          src)
     layer_map, new = expand_map(L, n)
-    return remap(model, layer_map, new, op="expand", exact=True, notes=[
-        f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of the block "
-        "before it with attention output and MLP down projections set to zero",
-        "exact: in a pre-norm model the new blocks add zero to the residual stream, so the logits are unchanged",
-    ])
+    if init.exact:
+        notes = [f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of "
+                 "the block before it with attention output and MLP down projections set to zero",
+                 "exact: in a pre-norm model the new blocks add zero to the residual stream, so the logits are unchanged"]
+    else:
+        notes = [f"LLaMA Pro layout: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy "
+                 f"of the block before it with attention output and MLP down projections initialized by "
+                 f"{init.name} (eps {epsilon:g}): {init.summary}"]
+    return remap(model, layer_map, new, op="expand", exact=init.exact, notes=notes,
+                 fresh=lambda shape, dtype: init.make(shape, dtype, eps=epsilon))
 
 
 @register("layer_map", "depth", "any layer map, e.g. 0-5,0-5,3,4")
