@@ -122,8 +122,8 @@ def chain(model, out, steps: Sequence[tuple[str, dict] | dict], *, optimizer_sta
 def grow_steps(*, layers: int | None = None, depth_method: str | None = None, layer_map: str | None = None,
                dus_overlap: int | None = None, width_method: str | None = None, hidden: int | None = None,
                intermediate: int | None = None, heads: int | None = None, kv_heads: int | None = None,
-               width_mult: float | None = None, noise_snr_db: float | None = None, seed: int = 0
-               ) -> list[tuple[str, dict]]:
+               width_mult: float | None = None, noise_snr_db: float | None = None, seed: int = 0,
+               new_block_init: str | None = None) -> list[tuple[str, dict]]:
     """The chain `grow`'s options make: width first, then depth."""
     steps = []
     given: dict[str, Any] = {k: v for k, v in dict(hidden=hidden, intermediate=intermediate, heads=heads,
@@ -160,6 +160,10 @@ def grow_steps(*, layers: int | None = None, depth_method: str | None = None, la
     else:
         registry.get(depth_method, "depth")
         steps.append((depth_method, {"layers": layers}))
+    if new_block_init is not None:
+        if depth_method != "expand":
+            raise WarmstartError("--new-block-init is for --depth-method expand")
+        steps[-1][1]["new_block_init"] = new_block_init
     if not steps:
         raise WarmstartError("nothing to do: give --layers with --depth-method, --layer-map, or --width-method")
     return steps
@@ -172,7 +176,7 @@ def grow(model, out, *, optimizer_state=None, dtype: str | None = None, max_shar
 
     `options` are :func:`grow_steps`'s: ``layers``, ``depth_method``, ``layer_map``, ``dus_overlap``,
     ``width_method``, ``hidden``, ``intermediate``, ``heads``, ``kv_heads``, ``width_mult``,
-    ``noise_snr_db``, ``seed``.
+    ``noise_snr_db``, ``seed``, ``new_block_init``.
     """
     return chain(model, out, grow_steps(**options), optimizer_state=optimizer_state, dtype=dtype,
                  max_shard_size=max_shard_size, force=force, dry_run=dry_run, progress=progress, verify=verify)
@@ -280,6 +284,42 @@ class TokenizerResult:
 
     def as_dict(self) -> dict:
         return {"path": str(self.path), "tokens": self.tokens}
+
+
+def adapter(model, out, *, method: str = "default", rank: int = 8, alpha: float | None = None,
+            target_modules: Sequence[str] | None = None, corpus: Sequence = (), batches: int = 8, batch_size: int = 4,
+            seq_len: int = 128, seed: int = 0, force: bool = False, **options):
+    """A LoRA adapter initialized by `method` (PEFT's, or NLoRA / LoRA-SB / init-b), and the residual base if the
+    method moves weights into the adapter. `options`: nlora_oversample, sb_lr, sb_rule, corda_mode."""
+    from warmstart.adapter import AdapterSpec, initialize
+
+    spec = AdapterSpec(method=method, rank=rank, alpha=alpha, target_modules=target_modules,
+                       corpus=[Path(c) for c in corpus], batches=batches, batch_size=batch_size, seq_len=seq_len,
+                       seed=seed, options={k: options.get(k) for k in ("nlora_oversample", "sb_lr", "sb_rule",
+                                                                       "corda_mode")})
+    unknown = sorted(set(options) - {"nlora_oversample", "sb_lr", "sb_rule", "corda_mode"})
+    if unknown:
+        raise WarmstartError(f"unknown adapter option {unknown[0]!r}")
+    return initialize(model, out, spec, force=force)
+
+
+@dataclass
+class LinesResult:
+    lines_: list[str]
+
+    def lines(self) -> list[str]:
+        return self.lines_
+
+    def as_dict(self) -> dict:
+        return {"lines": self.lines_}
+
+
+def export_lora(model, initial, out, *, trained=None, force: bool = False) -> LinesResult:
+    """The plain LoRA against the untouched `model` equal to `trained` (default: `initial`'s adapter) on the
+    residual base that `initial` (an earlier :func:`adapter` output) wrote."""
+    from warmstart.adapter import export_lora as _export
+
+    return LinesResult(_export(model, initial, out, trained=trained, force=force))
 
 
 # --- commands that read ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import argparse
 from warmstart import api
 from warmstart.commands.common import add_output_args, emit, examples, output_options
 from warmstart.ops import registry
+from warmstart.ops.fresh import FRESH
 
 
 def depth_methods() -> list[str]:
@@ -34,6 +35,9 @@ def register(sub) -> None:
                    help="stack (G_stack), interleave, dus (SOLAR depth up-scaling), expand (LLaMA Pro, exact)")
     d.add_argument("--dus-overlap", type=int, metavar="K",
                    help="dus: layers dropped at the seam of each copy (output has 2*(L-K) layers)")
+    d.add_argument("--new-block-init", choices=FRESH.names(), default=None,
+                   help="expand: output projections of the new blocks: zero (exact, default) or idinit "
+                        "(IDInit's eps-scaled identity-like matrix, not exact)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
@@ -57,6 +61,6 @@ def register(sub) -> None:
 def run(args) -> int:
     options = {k: getattr(args, k) for k in ("layers", "depth_method", "layer_map", "dus_overlap", "width_method",
                                              "hidden", "intermediate", "heads", "kv_heads", "width_mult",
-                                             "noise_snr_db", "seed")}
+                                             "noise_snr_db", "seed", "new_block_init")}
     return emit(args, api.grow(args.model, args.out, optimizer_state=args.optimizer_state, verify=args.verify,
                                **options, **output_options(args)))

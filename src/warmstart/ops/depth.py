@@ -34,8 +34,9 @@ import re
 from typing import Any
 
 from warmstart.arch.spec import set_config_value
-from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.errors import ParamError
+from warmstart.ops import fresh as fresh_inits
+from warmstart.ops.fresh import Zeros
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Origin, Plan, Ref, Step
 
@@ -43,22 +44,6 @@ from warmstart.plan import Origin, Plan, Ref, Step
 # A norm behind the output projection (Gemma 2/3, OLMo 2) maps zeros to zeros once its bias is zero.
 RESIDUAL_OUTPUT_ROLES = ("attn.o.weight", "attn.o.bias", "mlp.down.weight", "mlp.down.bias",
                          "norm_attn_out.bias", "norm_mlp_out.bias")
-
-
-class Zeros:
-    """A plan function with no inputs: a zero tensor of a fixed shape and dtype."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: str):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-
-    def __call__(self):
-        import torch
-
-        return torch.zeros(self.shape, dtype=code_to_torch(self.dtype))
-
-    def __repr__(self) -> str:
-        return f"Zeros({self.shape}, {self.dtype})"
 
 
 def _src(model) -> Any:
@@ -89,11 +74,11 @@ def block_prefix(model) -> str:
 
 
 def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = frozenset(), *,
-          op: str, exact: bool, notes: list[str]) -> Transform:
+          op: str, exact: bool, notes: list[str], fresh=None) -> Transform:
     """The plan that builds block j from source block layer_map[j].
 
     Blocks listed in `new_layers` get zero residual-output projections (LLaMA
-    Pro). Tensors outside the blocks are copied as they are, in the source's
+    Pro), or what `fresh(shape, dtype)` makes (see warmstart.ops.fresh). Tensors outside the blocks are copied as they are, in the source's
     order; the output blocks take the place of the source's blocks.
     """
     ckpt = model.checkpoint
@@ -134,8 +119,9 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 role = roles.get(name)
                 if new and role is not None and role.role in RESIDUAL_OUTPUT_ROLES:
                     info = ckpt.info(name)
-                    steps.append(Step(out, tuple(info.shape), info.dtype, (), Zeros(info.shape, info.dtype),
-                                      note="new block: zero residual output", origin=Origin("fresh", Ref(0, name))))
+                    make = fresh(info.shape, info.dtype) if fresh is not None else Zeros(info.shape, info.dtype)
+                    steps.append(Step(out, tuple(info.shape), info.dtype, (), make,
+                                      note="new block: fresh residual output", origin=Origin("fresh", Ref(0, name))))
                 else:
                     copy(name, out, new)
     config = model.family.set_dims(model.config, layers=len(layer_map))
@@ -266,9 +252,10 @@ def expand_map(L: int, n: int) -> tuple[list[int], set[int]]:
 
 
 @register("expand", "depth", "LLaMA Pro block expansion: inserted copies with zero output projections (exact, pre-norm)")
-def expand(model, *, layers: int) -> Transform:
+def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float = 1e-6) -> Transform:
     L = model.dims.layers
     src = _src(model)
+    init = fresh_inits.get(new_block_init, src)
     fam = model.family
     if fam.normalizes_residual:
         raise ParamError("layers", f"expand is refused for {fam.name}: it is a post-norm model, where a block with zero "
@@ -287,12 +274,17 @@ def expand(model, *, layers: int) -> Transform:
         raise ParamError("layers", f"expand cannot guarantee an exact block: tensor {unknown[0]!r} has no known role",
                          src)
     layer_map, new = expand_map(L, n)
-    return remap(model, layer_map, new, op="expand", exact=True, notes=[
-        f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of the block "
-        "before it with attention output and MLP down projections set to zero",
-        "exact: the new blocks add zero to the residual stream (no norm sits on the stream itself), so the logits "
-        "are unchanged",
-    ])
+    if init.exact:
+        notes = [f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of "
+                 "the block before it with attention output and MLP down projections set to zero",
+                 "exact: the new blocks add zero to the residual stream (no norm sits on the stream itself), so the "
+                 "logits are unchanged"]
+    else:
+        notes = [f"LLaMA Pro layout: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy "
+                 f"of the block before it with attention output and MLP down projections initialized by "
+                 f"{init.name} (eps {epsilon:g}): {init.summary}"]
+    return remap(model, layer_map, new, op="expand", exact=init.exact, notes=notes,
+                 fresh=lambda shape, dtype: init.make(shape, dtype, eps=epsilon))
 
 
 @register("layer_map", "depth", "any layer map, e.g. 0-5,0-5,3,4")

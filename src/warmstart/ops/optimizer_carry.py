@@ -38,7 +38,7 @@ from warmstart.checkpoint.dtypes import torch_to_code
 from warmstart.checkpoint.safetensors_format import read_header
 from warmstart.checkpoint.writer import OutputTensor, write_shard
 from warmstart.errors import WarmstartError
-from warmstart.ops.depth import Zeros
+from warmstart.ops.fresh import Zeros
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
 OUTPUT_NAME = "optimizer_state.safetensors"

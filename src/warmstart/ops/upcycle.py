@@ -55,7 +55,7 @@ from typing import Any
 
 from warmstart.arch.moe import MoeFormat, moe_format_for
 from warmstart.errors import ParamError, WarmstartError
-from warmstart.ops.depth import Zeros
+from warmstart.ops.fresh import Zeros
 from warmstart.ops.registry import Transform, register
 from warmstart.plan import Plan, Ref, Step, identity
 

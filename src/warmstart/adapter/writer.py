@@ -1,0 +1,327 @@
+"""Write an initialized adapter (and, when the method moved weights, the residual base), and export plain LoRA.
+
+Output layout of ``warmstart adapter MODEL OUT``, created atomically (a
+temporary sibling renamed into place, so a failure leaves nothing)::
+
+    OUT/adapter/                PEFT adapter: adapter_config.json + adapter_model.safetensors
+    OUT/base/                   only for methods that move weights (pissa, olora, nlora, corda, lora-ga, loftq):
+                                the residual base, a full HF model directory (config, weights, tokenizer)
+    OUT/warmstart_adapter.json  method, rank, alpha, targets, timings, layout
+
+Load with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT/base or MODEL), OUT/adapter)``;
+the adapter's ``base_model_name_or_path`` names OUT/base for moving methods,
+so ``AutoPeftModelForCausalLM`` finds the residual, never the source.
+The adapter's config says ``init_lora_weights: true`` on purpose: PEFT re-runs
+the named initialization when it loads an adapter, and PiSSA/OLoRA would then
+subtract the principal part from the residual a second time. The method
+actually used is in warmstart_adapter.json.
+
+The residual base goes through the streaming writer: tensors the method did
+not touch are copied file to file from the source without being decoded; only
+the adapted matrices are computed. The source directory is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from warmstart.adapter import config as cfg
+from warmstart.adapter import methods as registry
+from warmstart.errors import WarmstartError
+
+META = "warmstart_adapter.json"
+
+
+@dataclass
+class AdapterReport:
+    out: Path
+    method: str
+    targets: int
+    trainable: int
+    moved_base: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        lines = [f"wrote {self.out}/adapter: {self.method}, {self.targets} matrices, {self.trainable:,} trainable parameters"]
+        if self.moved_base:
+            lines.append(f"wrote {self.out}/base: the residual base (load the adapter on it, not on the source)")
+        lines.append(f"initialization took {self.timings.get('total_s', 0.0):.2f} s")
+        lines += self.notes
+        return lines
+
+    lines = summary
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out), "method": self.method, "targets": self.targets, "trainable": self.trainable,
+                "moved_base": self.moved_base, "timings": self.timings, "notes": self.notes}
+
+
+def _atomic(out: Path, force: bool, inputs: Sequence[Path]):
+    from warmstart.checkpoint.writer import atomic_directory
+
+    try:
+        return atomic_directory(out, force, inputs=inputs)
+    except TypeError:  # an atomic_directory without the inputs check
+        return atomic_directory(out, force)
+
+
+def _check_output(out: Path, force: bool, inputs: Sequence[Path]) -> None:
+    from warmstart.checkpoint.writer import check_output
+
+    try:
+        check_output(out, force, inputs=inputs)
+    except TypeError:
+        check_output(out, force)
+
+
+def validate(model_dir: Path, spec: cfg.AdapterSpec):
+    """Every check that needs no tensor data: (checkpoint, method, PEFT target names, matched matrices)."""
+    from warmstart.checkpoint.reader import Checkpoint
+
+    method = registry.get(spec.method)
+    if spec.method.startswith("pissa_niter_") and int(registry.NITER.match(spec.method).group(1)) < 1:
+        raise WarmstartError("pissa_niter_N needs N >= 1")
+    ckpt = Checkpoint(model_dir)
+    keys, targets = cfg.resolve_targets(ckpt, spec)
+    cfg.check_rank(spec, targets, model_dir)
+    why = cfg.is_quantized(ckpt, targets)
+    if why is not None:
+        if method.full_precision:
+            raise WarmstartError(f"method {spec.method} needs full-precision weights, and the model is quantized: {why}",
+                                 model_dir)
+        raise WarmstartError(f"warmstart adapter reads full-precision checkpoints only: {why}", model_dir)
+    if method.needs_corpus:
+        if not spec.corpus:
+            raise WarmstartError(f"method {spec.method} is data-driven: give --corpus FILES (and --batches N)")
+        for f in spec.corpus:
+            if not Path(f).is_file():
+                raise WarmstartError("corpus file does not exist", f)
+        if spec.batches < 1:
+            raise WarmstartError(f"--batches must be at least 1, got {spec.batches}")
+    if spec.method == "loftq":
+        why = registry.loftq_unavailable()
+        if why:
+            raise WarmstartError(why)
+    return ckpt, method, keys, targets
+
+
+def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None, where=None):
+    """Run `spec.method` on a loaded transformers model (modified in place); returns (PEFT model, context).
+
+    The in-memory entry point (benchmarks use it); :func:`initialize` adds
+    the checks, the loading and the writing around it.
+    """
+    method = registry.get(spec.method)
+    ctx = registry.Context(model, spec, list(target_modules), batches)
+    try:
+        return method.fn(ctx), ctx
+    except (ValueError, TypeError, RuntimeError) as err:
+        if isinstance(err, WarmstartError):
+            raise
+        raise WarmstartError(f"PEFT could not initialize {spec.method}: {str(err).splitlines()[0]}", where) from err
+
+
+def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) -> AdapterReport:
+    """Initialize a LoRA adapter on `model_dir` with `spec.method`; write OUT/adapter (and OUT/base)."""
+    import transformers
+
+    from warmstart.adapter.data import calibration_batches, load_tokenizer
+
+    model_dir, out = Path(model_dir), Path(out)
+    ckpt, method, keys, targets = validate(model_dir, spec)
+    _check_output(out, force, [model_dir])
+    if method.needs_corpus:
+        load_tokenizer(model_dir)  # refuse a model without a tokenizer before loading the weights
+    t_start = time.perf_counter()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    except (ValueError, OSError, KeyError) as err:
+        raise WarmstartError(f"transformers cannot load this as a causal LM: {str(err).splitlines()[0]}",
+                             model_dir) from err
+    model.eval()
+    batches = None
+    if method.needs_corpus:
+        batches = calibration_batches(model_dir, [Path(f) for f in spec.corpus], spec.batches, spec.batch_size,
+                                      spec.seq_len)
+    peft_model, ctx = attach(model, spec, keys, batches, where=model_dir)
+    ctx.timings["total_s"] = time.perf_counter() - t_start
+    error = check_factors(ckpt, peft_model, spec, method)
+    if error is not None:
+        ctx.notes.append(f"residual base + adapter = source: largest relative difference {error:.2e}")
+    trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    report = AdapterReport(out, spec.method, len(targets), trainable, method.moves_base, ctx.timings, ctx.notes)
+    meta = {
+        "method": spec.method,
+        "implemented_by": method.by,
+        "rank": spec.rank,
+        "lora_alpha": spec.lora_alpha,
+        "target_modules": keys,
+        "adapted_tensors": [t.tensor for t in targets],
+        "moves_base": method.moves_base,
+        "exact_at_init": method.exact,
+        "layout": {"adapter": "adapter", "base": "base" if method.moves_base else None},
+        "source": {"model_type": ckpt.config.get("model_type"), "name": model_dir.name},
+        "seed": spec.seed,
+        "options": {k: v for k, v in spec.options.items() if v is not None},
+        "calibration": ({"files": len(spec.corpus), "batches": len(batches), "batch_size": spec.batch_size,
+                         "seq_len": spec.seq_len} if batches else None),
+        "timings_s": {k: round(v, 4) for k, v in ctx.timings.items()},
+        "reconstruction_max_rel_error": error,
+    }
+    with _atomic(out, force, [model_dir]) as tmp:
+        save_adapter(peft_model, tmp / "adapter")
+        if method.moves_base:
+            # AutoPeftModel loads the base named here: it must be the residual, never the source
+            _set_base_path(tmp / "adapter", str(out.resolve() / "base"))
+        if method.moves_base:
+            write_residual_base(ckpt, peft_model, tmp / "base")
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+    return report
+
+
+def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | None:
+    """Refuse factors of the wrong shape; for moving methods, the largest relative |W_res + s B A - W| (one tensor at a time)."""
+    import torch
+
+    worst = 0.0
+    limit = 1e-3
+    for name, layer in registry.lora_layers(peft_model):
+        base = layer.get_base_layer()
+        fan_in_fan_out = getattr(layer, "fan_in_fan_out", False)
+        w_shape = tuple(base.weight.shape[::-1] if fan_in_fan_out else base.weight.shape)  # (out, in)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        if tuple(b.shape) != (w_shape[0], a.shape[0]) or tuple(a.shape) != (b.shape[1], w_shape[1]):
+            how = "a transposed (Conv1D) layer" if fan_in_fan_out else "this layer"
+            raise WarmstartError(f"{spec.method} produced factors of shape {tuple(b.shape)} x {tuple(a.shape)} for "
+                                 f"{name} {list(w_shape)}: PEFT does not support {how} for this method", ckpt.path)
+        if not method.moves_base or not method.exact:
+            continue
+        delta = layer.scaling["default"] * (b.detach().double() @ a.detach().double())
+        if fan_in_fan_out:
+            delta = delta.T
+        # the residual is rounded to the checkpoint's dtype: bf16/fp16 bases allow a few of their epsilons
+        limit = max(limit, 4 * torch.finfo(base.weight.dtype).eps)
+        source = ckpt.get(f"{name}.weight").double()
+        err = float((base.weight.detach().double() + delta - source).abs().max() / source.abs().max().clamp_min(1e-30))
+        worst = max(worst, err)
+    if not method.moves_base or not method.exact:
+        return None
+    if worst > limit:
+        raise WarmstartError(f"{spec.method}: residual base + adapter differs from the source by {worst:.2e} "
+                             "(relative); refusing to write it", ckpt.path)
+    return worst
+
+
+def save_adapter(peft_model, path: Path) -> None:
+    """PEFT's save_pretrained, with a config that makes loading add the stored factors and nothing else."""
+    config = peft_model.peft_config["default"]
+    config.init_lora_weights = True
+    for sub in ("eva_config", "corda_config", "lora_ga_config", "loftq_config"):
+        if hasattr(config, sub):
+            setattr(config, sub, None if sub != "loftq_config" else {})
+    peft_model.save_pretrained(str(path))
+
+
+def _set_base_path(adapter_dir: Path, base: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def residual_weights(peft_model) -> dict[str, object]:
+    """Checkpoint tensor name -> the base weight as the adapter sees it (residual for moving methods)."""
+    return {f"{name}.weight": layer.get_base_layer().weight for name, layer in registry.lora_layers(peft_model)}
+
+
+def write_residual_base(ckpt, peft_model, path: Path) -> None:
+    """The source checkpoint with the adapted matrices replaced by their residuals, streamed tensor by tensor."""
+    from warmstart.checkpoint.writer import OutputTensor, write_model
+
+    residual = residual_weights(peft_model)
+    missing = [n for n in residual if n not in ckpt]
+    if missing:
+        raise RuntimeError(f"adapted modules without a checkpoint tensor: {missing[:3]}")
+    tensors = []
+    for name, info in ckpt.tensors.items():
+        if name in residual:
+            value = residual[name]
+            tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), compute=lambda v=value: v.detach()))
+        else:
+            src = ckpt.byte_range(name)
+            if src is not None:
+                tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), copy_from=src))
+            else:
+                tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), compute=lambda n=name: ckpt.get(n)))
+    write_model(path, tensors, config=dict(ckpt.config), copy_files=ckpt.extra_files())
+
+
+# -- export ------------------------------------------------------------------------
+def read_meta(init_dir: Path) -> dict:
+    from warmstart.checkpoint.reader import load_json
+
+    meta = load_json(init_dir / META, f"{META} (the output of `warmstart adapter`)")
+    if not isinstance(meta, dict) or "method" not in meta:
+        raise WarmstartError(f"corrupt {META}", init_dir / META)
+    return meta
+
+
+def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) -> list[str]:
+    """A plain LoRA adapter against the untouched `model_dir`, equal to `trained` on the residual base.
+
+    With W = W_res + s B0 A0 at initialization and W_res + s B A after
+    training, the update is s (B A - B0 A0) = s' [B | -B0] [A ; A0] with
+    rank 2r and alpha doubled (s' = s): PEFT's documented conversion
+    (``save_pretrained(path_initial_model_for_weight_conversion=...)``), run
+    on a copy of the initial adapter because PEFT rewrites its config.
+    `trained` defaults to the initial adapter itself (a zero update).
+    """
+    import transformers
+    from peft import PeftModel
+
+    from warmstart.checkpoint.reader import Checkpoint, load_json
+
+    model_dir, init_dir, out = Path(model_dir), Path(init_dir), Path(out)
+    meta = read_meta(init_dir)
+    initial = init_dir / "adapter"
+    trained = Path(trained) if trained is not None else initial
+    load_json(initial / "adapter_config.json", "adapter config of the initial adapter")
+    trained_cfg = load_json(trained / "adapter_config.json", "adapter config of the trained adapter")
+    source = Checkpoint(model_dir)
+    for name in meta.get("adapted_tensors", []):
+        if name not in source:
+            raise WarmstartError(f"not the model the adapter was made from: it has no tensor {name!r}", model_dir)
+    if trained_cfg.get("peft_type") not in (None, "LORA"):
+        raise WarmstartError(f"not a LoRA adapter (peft_type {trained_cfg.get('peft_type')})", trained)
+    _check_output(out, force, [model_dir, init_dir, trained])
+    transformers.utils.logging.disable_progress_bar()
+    if not meta.get("moves_base"):
+        # Nothing was moved: the trained adapter already applies to the untouched base.
+        with _atomic(out, force, [model_dir, init_dir, trained]) as tmp:
+            for f in trained.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)
+        return [f"wrote {out}: {meta['method']} moves no weights, so the adapter is already plain LoRA (copied)"]
+    base_dir = init_dir / "base"
+    Checkpoint(base_dir)  # a clear error if the residual base is missing
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
+    model = PeftModel.from_pretrained(base, str(trained))
+    with tempfile.TemporaryDirectory(prefix="warmstart-export-") as scratch:
+        copy = Path(scratch) / "initial"
+        shutil.copytree(initial, copy)
+        with _atomic(out, force, [model_dir, init_dir, trained]) as tmp:
+            model.save_pretrained(str(tmp), path_initial_model_for_weight_conversion=str(copy))
+            _set_base_path(tmp, str(model_dir.resolve()))  # plain LoRA: against the untouched source
+    r = meta["rank"]
+    return [f"wrote {out}: plain LoRA of rank {2 * r} (= [trained | initial] factors of {meta['method']}) "
+            f"against the untouched base"]
