@@ -58,7 +58,7 @@ def require_regular_file(path: str | os.PathLike, what: str = "file", error: typ
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise error(f"no such {what}", path) from None
+        raise error(f"cannot read {what}: no such file", path) from None
     except OSError as err:
         raise error(f"cannot read {what}: {err.strerror}", path) from None
     if not stat.S_ISREG(st.st_mode):
@@ -76,7 +76,7 @@ def open_regular(path: str | os.PathLike, what: str = "file", error: type[Warmst
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise error(f"no such {what}", path) from None
+        raise error(f"cannot read {what}: no such file", path) from None
     except IsADirectoryError:
         raise error(f"{what} is a directory, expected a regular file", path) from None
     except OSError as err:

@@ -145,22 +145,13 @@ def _loc(parts: tuple) -> str:
 
 def load_recipe(path: str | Path) -> tuple[Any, list[tuple[str, dict]]]:
     """Parse and validate a recipe; returns it with model/out resolved and its (op, params) steps."""
-    import yaml
     from pydantic import ValidationError
 
     from warmstart.ops import registry
+    from warmstart.safe_yaml import load_yaml
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError("no such recipe file", path) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"cannot read recipe: {err}", path) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"not valid YAML{where}: {getattr(err, 'problem', None) or err}", path) from None
+    raw = load_yaml(path, "recipe file", SpecError)
     if not isinstance(raw, dict):
         raise SpecError("a recipe is a mapping with model, out and steps", path)
     try:

@@ -279,17 +279,10 @@ def parse(data: Any, path: str | os.PathLike | None = None) -> Recipe:
 
 
 def load(path: str | os.PathLike) -> Recipe:
-    import yaml
+    from warmstart.safe_yaml import load_yaml
 
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise RecipeError(f"cannot read recipe: {err.strerror}", p) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"not valid YAML: {str(err).splitlines()[0]}", p) from None
+    data = load_yaml(p, "recipe file", RecipeError)
     recipe = parse(data, p)
     recipe._base = p.parent  # relative corpus and checkpoint paths are read from the recipe's folder
     return recipe

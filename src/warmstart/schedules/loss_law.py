@@ -72,11 +72,10 @@ def read_log(path: str | os.PathLike, loss_key: str | None = None) -> LossLog:
     ``eval_loss``, ``loss``, ``train_loss`` that any row has; rows without
     it (e.g. steps with no evaluation) are skipped, NaN values are errors.
     """
+    from warmstart.inputs import read_text
+
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise WarmstartError(f"cannot read log: {err.strerror}", p) from None
+    text = read_text(p, "log file", 256 * 1024 * 1024)
     rows: list[tuple[int, dict]] = []
     if p.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
