@@ -17,6 +17,8 @@ from typing import Sequence
 from warmstart.errors import WarmstartError
 
 DEFAULT_SPECIAL = "<|endoftext|>"
+# The largest vocabulary trained: 16.7M, 16 times the largest real ones.
+MAX_VOCAB = 2**24
 
 
 def _byte_level_bpe():
@@ -42,6 +44,9 @@ def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: i
 
     if vocab_size < 1:
         raise WarmstartError(f"--vocab-size must be positive, got {vocab_size}")
+    if vocab_size > MAX_VOCAB:
+        raise WarmstartError(f"--vocab-size {vocab_size} is larger than the limit of {MAX_VOCAB} "
+                             f"(the tokenizer library aborts on sizes it cannot allocate)")
     out = check_output(out, force)
     paths = check_corpus(corpus)
     base = load_tokenizer(like) if like is not None else _byte_level_bpe()

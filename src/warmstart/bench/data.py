@@ -86,6 +86,8 @@ def corpus_files(corpus, base: Path | None = None) -> list[Path]:
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise CorpusError("corpus file is not a regular file (a FIFO or device?)", p)
         else:
             raise CorpusError("corpus file does not exist", p)
     return files

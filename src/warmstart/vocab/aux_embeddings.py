@@ -39,24 +39,56 @@ class CorpusError(WarmstartError):
     """A corpus file that is missing, unreadable or empty."""
 
 
+# A corpus file is text when, in its first MiB, at most this share of the
+# characters are undecodable bytes, NULs or control characters (a stray bad
+# byte in a real text is tolerated; random bytes are about half bad).
+MAX_JUNK_SHARE = 0.01
+SNIFF_BYTES = 1 << 20
+
+
 def check_corpus(files: Sequence[str | Path]) -> list[Path]:
-    """The corpus files, each existing and readable, holding some text in all."""
+    """The corpus files: each a readable regular file of UTF-8 text, holding some text in all."""
+    from warmstart.inputs import require_regular_file
+
     paths = [Path(f) for f in files]
     if not paths:
         raise CorpusError("no corpus files given (--corpus FILE ...)")
-    total = 0
     for p in paths:
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise CorpusError("no such corpus file", p)
-        total += p.stat().st_size
+        if p.is_dir():
+            raise CorpusError("corpus file is a directory; give the text files inside it", p)
+        require_regular_file(p, "corpus file", CorpusError)
+        _check_text(p)
     if not any(_read(p).strip() for p in paths):
         raise CorpusError("corpus is empty (no text in any file)", paths[0])
     return paths
 
 
+def _check_text(path: Path) -> None:
+    """Refuse a corpus file that is not text (random bytes, a binary, another encoding)."""
+    from warmstart.inputs import open_regular
+
+    with open_regular(path, "corpus file", CorpusError) as f:
+        head = f.read(SNIFF_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == SNIFF_BYTES:
+        text = text[:-4]  # a character cut at the sniff boundary is not junk
+    if not text:
+        return
+    junk = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r\f\v"))
+    if junk > MAX_JUNK_SHARE * len(text):
+        raise CorpusError(
+            f"corpus file is not UTF-8 text ({junk} of its first {len(text)} characters are undecodable "
+            f"bytes or control characters)", path)
+
+
 def _read(path: Path) -> str:
+    from warmstart.inputs import open_regular
+
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open_regular(path, "corpus file", CorpusError) as f:
+            return f.read().decode("utf-8", errors="replace")
     except OSError as err:
         raise CorpusError(f"cannot read corpus file: {err.strerror}", path) from err
 
