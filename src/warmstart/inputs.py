@@ -149,3 +149,45 @@ def same_file_or_dir(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+# Layer counts above this are refused whatever the model (every layer is a
+# set of planned tensors; the deepest real models have a few hundred).
+MAX_LAYERS = 100_000
+
+
+def checkpoint_elements(checkpoint) -> int:
+    """Elements of every tensor of a (possibly planned) checkpoint, from its header only."""
+    return sum(math.prod(checkpoint.info(n).shape) for n in checkpoint.names())
+
+
+def check_layers(model, layers: int, what: str) -> int:
+    """Refuse a layer count whose output would be absurdly large, before any layer is planned.
+
+    The output is estimated as the source scaled by layers / source layers (an
+    upper bound for grown depth, since embeddings do not repeat).
+    """
+    src = model.checkpoint.path
+    if layers > MAX_LAYERS:
+        raise WarmstartError(f"{what}: {layers} layers is more than the limit of {MAX_LAYERS}", src)
+    source_layers = max(1, model.dims.layers)
+    estimate = checkpoint_elements(model.checkpoint) * layers // source_layers
+    check_elements(estimate, f"{what}: {layers} layers", src)
+    return layers
+
+
+def check_width(model, sizes: dict[str, int], what: str) -> None:
+    """Refuse target widths whose output would be absurdly large, before any map is built.
+
+    Matrices scale with the product of two widths, so the source's elements
+    times the square of the largest growth ratio bounds the output.
+    """
+    d = model.dims
+    ratio = 1.0
+    for key, new in sizes.items():
+        old = getattr(d, key, None)
+        if old and new:
+            ratio = max(ratio, new / old)
+    estimate = checkpoint_elements(model.checkpoint) * ratio * ratio
+    check_elements(estimate, f"{what}: widths {', '.join(f'{k} {v:g}' for k, v in sizes.items())}",
+                   model.checkpoint.path)
