@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from warmstart.errors import SpecError
+from warmstart.errors import SpecError, WarmstartError
 
 
 class RecipeError(SpecError):
@@ -292,6 +292,35 @@ def base_dir(recipe: Recipe) -> Path:
     return recipe._base or Path.cwd()
 
 
+def model_elements(model: ModelSpec, vocab_size: int) -> int:
+    """Parameters of a recipe's Llama model (embeddings, attention, MLP), from its sizes alone."""
+    h, inter = model.hidden, model.intermediate or 3 * model.hidden
+    kv = (model.kv_heads or model.heads) * (h // model.heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+    return vocab_size * h * (1 if model.tie_embeddings else 2) + model.layers * per_layer + h
+
+
+def check_sizes(recipe: Recipe) -> None:
+    """Refuse models and batches far beyond any machine before anything is allocated."""
+    from warmstart.inputs import check_elements
+    from warmstart.tokenizer_train import MAX_VOCAB
+
+    if recipe.tokenizer.vocab_size > MAX_VOCAB:
+        raise RecipeError(f"tokenizer.vocab_size: {recipe.tokenizer.vocab_size} is larger than the limit of "
+                          f"{MAX_VOCAB}")
+    vocab = recipe.tokenizer.vocab_size
+    seq = recipe.model.seq_len or 128
+    for where, model in [("model", recipe.model)] + [(f"sources.{k}.model", s.model)
+                                                      for k, s in recipe.sources.items()]:
+        try:
+            check_elements(model_elements(model, vocab), f"{where}: a model of hidden {model.hidden}, "
+                                                         f"{model.layers} layers")
+            check_elements(recipe.train.batch_size * seq * max(model.hidden, model.intermediate or 0) * 4,
+                           f"{where}: activations of batch_size {recipe.train.batch_size} x seq_len {seq}")
+        except WarmstartError as err:
+            raise RecipeError(err.message) from None
+
+
 def check(recipe: Recipe) -> None:
     """Cross-field checks, each raising with the offending field's path."""
     recipe.steps_of(recipe.train, "train")
@@ -301,6 +330,7 @@ def check(recipe: Recipe) -> None:
             raise RecipeError(f"arms[{i}].name: {name!r} is used by arms[{names.index(name)}] too")
     if recipe.target.loss is None and recipe.target.arm not in names:
         raise RecipeError(f"target.arm: no arm named {recipe.target.arm!r} (arms: {', '.join(names)})")
+    check_sizes(recipe)
     for key, src in recipe.sources.items():
         if src.model.seq_len not in (None, recipe.model.seq_len):
             raise RecipeError(f"sources.{key}.model.seq_len: sources train on the target's windows "
