@@ -274,6 +274,9 @@ def merge_checkpoints(
 
     ckpts = [Checkpoint(p) for p in inputs]
     check_inputs(ckpts)
+    from warmstart.merge.distinct import check_distinct
+
+    check_distinct(ckpts, MergeError)
     n = len(ckpts)
     files = [checkpoint_tensor_file(c) for c in ckpts]
     sources: list[Any] = [ReaderSource(f, c.path) for f, c in zip(files, ckpts)]
