@@ -23,17 +23,15 @@ def run(args) -> int:
 
     import transformers
 
-    from warmstart.errors import WarmstartError
     from warmstart.verify import TOLERANCE, compare
 
     transformers.utils.logging.disable_progress_bar()  # one line per figure, no loading bars
 
     text = None
     if args.text is not None:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8", errors="replace")
-        except OSError as err:
-            raise WarmstartError(f"cannot read text file: {err.strerror or err}", args.text) from None
+        from warmstart.inputs import read_bytes
+
+        text = read_bytes(Path(args.text), "text file", 64 * 1024 * 1024).decode("utf-8", errors="replace")
     report = compare(args.source, args.grown, text=text, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps({**report.as_dict(), "passed": report.passed()}, indent=2))
@@ -42,7 +40,9 @@ def run(args) -> int:
             print(line)
     if args.expect_exact:
         if not report.passed():
-            print(f"verification failed: not exact within {TOLERANCE:g} relative")
+            why = ("the tokenizers differ" if report.tokenizer_mismatch is not None
+                   else f"not exact within {TOLERANCE:g} relative")
+            print(f"verification failed: {why}")
             return 1
         print(f"exact within {TOLERANCE:g} relative")
     return 0
