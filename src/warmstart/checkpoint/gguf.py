@@ -13,6 +13,7 @@ transformers' own GGUF tokenizer conversion, which reads only metadata.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -71,8 +72,13 @@ def open_gguf(path: Path):
         import gguf
     except ImportError as err:  # pragma: no cover - gguf is a dependency
         raise CheckpointError("the gguf package is needed to import GGUF files", path) from err
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError("no such GGUF file", path)
+    if path.is_dir():
+        raise CheckpointError("is a directory, expected a GGUF file", path)
+    from warmstart.inputs import require_regular_file
+
+    require_regular_file(path, "GGUF file", CheckpointError)
     try:
         return gguf.GGUFReader(str(path))
     except Exception as err:
@@ -85,32 +91,56 @@ def llama_config(reader, path: Path, dtype: str) -> dict:
         raise CheckpointError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}", path)
     a = arch
 
-    def need(key):
+    def number(key, value, kind=int, positive=True):
+        """A metadata value as a positive int (or float): one line naming the key otherwise."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CheckpointError(f"GGUF metadata {key} is {value!r}, not a number", path)
+        if kind is int and (not float(value).is_integer()):
+            raise CheckpointError(f"GGUF metadata {key} is {value!r}, not a whole number", path)
+        if positive and not value > 0:
+            raise CheckpointError(f"GGUF metadata {key} is {value!r}; it must be positive", path)
+        return kind(value)
+
+    def need(key, kind=int):
         value = _field(reader, f"{a}.{key}")
         if value is None:
             raise CheckpointError(f"GGUF metadata lacks {a}.{key}", path)
-        return value
+        return number(f"{a}.{key}", value, kind)
+
+    def optional(key, default, kind=int):
+        value = _field(reader, f"{a}.{key}")
+        return default if value is None else number(f"{a}.{key}", value, kind)
 
     names = {t.name for t in reader.tensors}
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
+    hidden = need("embedding_length")
+    heads = need("attention.head_count")
     vocab = _field(reader, f"{a}.vocab_size")
     if vocab is None:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         vocab = len(tokens.data) if tokens is not None else None
+    if vocab is None or vocab == 0:
+        raise CheckpointError("GGUF file has no vocabulary (neither "
+                              f"{a}.vocab_size nor tokenizer.ggml.tokens)", path)
+    kv_heads = optional("attention.head_count_kv", heads)
+    if heads % kv_heads:
+        raise CheckpointError(f"GGUF metadata: {heads} attention heads do not divide into {kv_heads} KV heads", path)
+    default_head_dim = hidden // heads
+    head_dim = optional("rope.dimension_count", default_head_dim)
+    if head_dim % 2:
+        raise CheckpointError(f"GGUF metadata: head dimension {head_dim} is odd (RoPE needs pairs)", path)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden,
-        "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
+        "intermediate_size": need("feed_forward_length"),
+        "num_hidden_layers": need("block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(_field(reader, f"{a}.attention.head_count_kv", heads)),
-        "head_dim": int(_field(reader, f"{a}.rope.dimension_count", hidden // heads)),
-        "max_position_embeddings": int(_field(reader, f"{a}.context_length", 2048)),
-        "rms_norm_eps": float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(_field(reader, f"{a}.rope.freq_base", 10000.0)),
-        "vocab_size": int(vocab),
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": optional("context_length", 2048),
+        "rms_norm_eps": optional("attention.layer_norm_rms_epsilon", 1e-5, float),
+        "rope_theta": optional("rope.freq_base", 10000.0, float),
+        "vocab_size": number("vocabulary size", vocab),
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
@@ -120,8 +150,59 @@ def llama_config(reader, path: Path, dtype: str) -> dict:
     for key, gkey in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")):
         value = _field(reader, f"tokenizer.ggml.{gkey}")
         if value is not None:
-            config[key] = int(value)
+            config[key] = number(f"tokenizer.ggml.{gkey}", value, positive=False)
     return config
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The Hugging Face shape of every tensor the config implies."""
+    h, inter, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    block = {"self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+             "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
+             "mlp.down_proj.weight": (h, inter), "input_layernorm.weight": (h,),
+             "post_attention_layernorm.weight": (h,)}
+    for i in range(config["num_hidden_layers"]):
+        for k, s in block.items():
+            shapes[f"model.layers.{i}.{k}"] = s
+    return shapes
+
+
+def check_tensors(reader, config: dict, path: Path) -> None:
+    """Every tensor the metadata implies is there with the shape the heads and sizes give; nothing else."""
+    from warmstart.inputs import MAX_LAYERS, check_elements
+
+    if config["num_hidden_layers"] > MAX_LAYERS:
+        raise CheckpointError(f"GGUF metadata: {config['num_hidden_layers']} blocks is more than the limit of "
+                              f"{MAX_LAYERS}", path)
+    expected = expected_shapes(config)
+    check_elements(sum(math.prod(s) for s in expected.values()), "the GGUF model's tensors", path)
+    seen = set()
+    for t in reader.tensors:
+        name = hf_name(t.name)
+        if name is None:
+            raise CheckpointError(f"GGUF tensor {t.name!r} has no Llama counterpart", path)
+        if name not in expected:
+            raise CheckpointError(f"GGUF tensor {t.name!r} lies outside the {config['num_hidden_layers']} blocks "
+                                  "the metadata declares", path)
+        shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
+        while len(shape) > 1 and shape[0] == 1 and name.endswith("norm.weight"):
+            shape = shape[1:]
+        if shape != expected[name]:
+            raise CheckpointError(
+                f"GGUF tensor {t.name!r} has shape {list(shape)}, but the metadata (hidden "
+                f"{config['hidden_size']}, {config['num_attention_heads']} heads, {config['num_key_value_heads']} KV "
+                f"heads of {config['head_dim']}, intermediate {config['intermediate_size']}, vocabulary "
+                f"{config['vocab_size']}) implies {list(expected[name])}", path)
+        if name in seen:
+            raise CheckpointError(f"GGUF tensor {t.name!r} appears twice", path)
+        seen.add(name)
+    optional = {"lm_head.weight"}
+    missing = [n for n in expected if n not in seen and n not in optional]
+    if missing:
+        raise CheckpointError(f"GGUF file lacks the tensor for {missing[0]!r}", path)
 
 
 def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTensor]:
@@ -144,8 +225,12 @@ def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTen
             shape = shape[1:]
 
         def compute(_t=t, _name=name, _shape=shape):
-            arr = dequantize(_t.data, _t.tensor_type)
-            arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(_shape)
+            try:
+                arr = dequantize(_t.data, _t.tensor_type)
+                arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(_shape)
+            except Exception as err:  # truncated data, unknown quantization
+                first = (str(err).splitlines() or [type(err).__name__])[0]
+                raise CheckpointError(f"cannot dequantize GGUF tensor {_t.name!r}: {first}", path) from None
             if _name.endswith("q_proj.weight"):
                 arr = unpermute_rope(arr, heads)
             elif _name.endswith("k_proj.weight"):
@@ -183,6 +268,7 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     check_output(out, force)
     reader = open_gguf(path)
     config = llama_config(reader, path, dtype)
+    check_tensors(reader, config, path)
     tensors = gguf_tensors(reader, config, dtype, path)
     write_model(
         out, tensors, config=config, force=force, progress=progress, desc="importing",
