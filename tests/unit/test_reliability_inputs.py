@@ -486,12 +486,12 @@ def test_corpus_directory_named(tmp_path, capsys):
 
 def test_merge_same_checkpoint_twice(tiny_llama, tmp_path, capsys):
     out = tmp_path / "o"
-    refused(capsys, ["merge", out, tiny_llama, str(tiny_llama) + "/"], "same checkpoint", out=out)
+    refused(capsys, ["merge", out, tiny_llama, str(tiny_llama) + "/"], "given twice", out=out)
     copy = shutil.copytree(tiny_llama, tmp_path / "copy")
     refused(capsys, ["merge", out, tiny_llama, copy], "same weights", out=out, named=copy)
     link = tmp_path / "link"
     link.symlink_to(tiny_llama)
-    refused(capsys, ["merge", out, tiny_llama, link], "same checkpoint", out=out)
+    refused(capsys, ["merge", out, tiny_llama, link], "given twice", out=out)
 
 
 def test_verify_with_different_tokenizers_is_not_exact(tiny_llama, tmp_path, capsys):

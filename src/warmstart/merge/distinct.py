@@ -47,13 +47,14 @@ def same_weights(a, b) -> bool:
 def check_distinct(ckpts: Sequence, error) -> None:
     """Raise `error` naming the second of two inputs that are the same checkpoint."""
     for j, b in enumerate(ckpts):
-        for a in ckpts[:j]:
+        for i, a in enumerate(ckpts[:j]):
             try:
                 same_dir = os.path.samefile(a.path, b.path)
             except OSError:
                 same_dir = Path(a.path).resolve() == Path(b.path).resolve()
             if same_dir:
-                raise error(f"is the same checkpoint as {a.path}; merging a model with itself is refused", b.path)
+                raise error(f"the same checkpoint is given twice (inputs {i + 1} and {j + 1}); merging a model "
+                            "with itself is refused", b.path)
             if same_weights(a, b):
-                raise error(f"has the same weights as {a.path}, byte for byte; merging a model with a copy of "
-                            "itself is refused", b.path)
+                raise error(f"has the same weights as input {i + 1} ({a.path}), byte for byte; merging a model "
+                            "with a copy of itself is refused", b.path)
