@@ -13,7 +13,6 @@ transformers' own GGUF tokenizer conversion, which reads only metadata.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -154,57 +153,6 @@ def llama_config(reader, path: Path, dtype: str) -> dict:
     return config
 
 
-def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """The Hugging Face shape of every tensor the config implies."""
-    h, inter, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    q = config["num_attention_heads"] * config["head_dim"]
-    kv = config["num_key_value_heads"] * config["head_dim"]
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
-    block = {"self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-             "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
-             "mlp.down_proj.weight": (h, inter), "input_layernorm.weight": (h,),
-             "post_attention_layernorm.weight": (h,)}
-    for i in range(config["num_hidden_layers"]):
-        for k, s in block.items():
-            shapes[f"model.layers.{i}.{k}"] = s
-    return shapes
-
-
-def check_tensors(reader, config: dict, path: Path) -> None:
-    """Every tensor the metadata implies is there with the shape the heads and sizes give; nothing else."""
-    from warmstart.inputs import MAX_LAYERS, check_elements
-
-    if config["num_hidden_layers"] > MAX_LAYERS:
-        raise CheckpointError(f"GGUF metadata: {config['num_hidden_layers']} blocks is more than the limit of "
-                              f"{MAX_LAYERS}", path)
-    expected = expected_shapes(config)
-    check_elements(sum(math.prod(s) for s in expected.values()), "the GGUF model's tensors", path)
-    seen = set()
-    for t in reader.tensors:
-        name = hf_name(t.name)
-        if name is None:
-            raise CheckpointError(f"GGUF tensor {t.name!r} has no Llama counterpart", path)
-        if name not in expected:
-            raise CheckpointError(f"GGUF tensor {t.name!r} lies outside the {config['num_hidden_layers']} blocks "
-                                  "the metadata declares", path)
-        shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
-        while len(shape) > 1 and shape[0] == 1 and name.endswith("norm.weight"):
-            shape = shape[1:]
-        if shape != expected[name]:
-            raise CheckpointError(
-                f"GGUF tensor {t.name!r} has shape {list(shape)}, but the metadata (hidden "
-                f"{config['hidden_size']}, {config['num_attention_heads']} heads, {config['num_key_value_heads']} KV "
-                f"heads of {config['head_dim']}, intermediate {config['intermediate_size']}, vocabulary "
-                f"{config['vocab_size']}) implies {list(expected[name])}", path)
-        if name in seen:
-            raise CheckpointError(f"GGUF tensor {t.name!r} appears twice", path)
-        seen.add(name)
-    optional = {"lm_head.weight"}
-    missing = [n for n in expected if n not in seen and n not in optional]
-    if missing:
-        raise CheckpointError(f"GGUF file lacks the tensor for {missing[0]!r}", path)
-
-
 def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTensor]:
     """Lazy output tensors: each dequantized only when the writer asks for it."""
     import numpy as np
@@ -268,8 +216,10 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     check_output(out, force)
     reader = open_gguf(path)
     config = llama_config(reader, path, dtype)
-    check_tensors(reader, config, path)
     tensors = gguf_tensors(reader, config, dtype, path)
+    from warmstart.checkpoint.gguf_checks import check_import
+
+    check_import(reader, tensors, config, path, [t.name for t in reader.tensors])
     write_model(
         out, tensors, config=config, force=force, progress=progress, desc="importing",
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
