@@ -591,3 +591,41 @@ def test_shrink_to_a_bigger_width_says_so(tiny_llama, tmp_path, capsys):
     refused(capsys, ["shrink", tiny_llama, out, "--hidden", 1024], "bigger than the source's 32", out=out)
     refused(capsys, ["grow", tiny_llama, out, "--width-method", "hyperclone", "--hidden", 16],
             "smaller than the source's 32", out=out)
+
+
+# -- config sizes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,words", [
+    ("num_hidden_layers", 10**12, "more than the limit"),
+    ("num_hidden_layers", 2.5, "not a whole number"),
+    ("hidden_size", -1, "must be positive"),
+    ("num_attention_heads", 0, "must be positive"),
+    ("hidden_size", float("inf"), "not an integer"),
+    ("intermediate_size", [1], "not an integer"),
+    ("max_position_embeddings", "many", "not an integer"),
+])
+def test_corrupt_config_sizes(key, value, words, tiny_llama, tmp_path, capsys):
+    cfg = tiny_llama / "config.json"
+    config = json.loads(cfg.read_text())
+    config[key] = value
+    cfg.write_text(json.dumps(config))  # inf is written as Infinity, which Python's json reads back
+    refused(capsys, ["inspect", tiny_llama], key, words, named=cfg)
+    out = tmp_path / "o"
+    refused(capsys, ["grow", tiny_llama, out, "--layers", 4, "--depth-method", "stack"], key, out=out)
+
+
+def test_device_as_weights(tiny_llama, tmp_path, capsys):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    st = tiny_llama / "model.safetensors"
+    st.unlink()
+    st.symlink_to("/dev/zero")
+    refused(capsys, ["convert", tiny_llama, tmp_path / "o", "--quiet"], "device", named=st)
+
+
+def test_pickle_that_is_not_a_state_dict(tiny_llama, tmp_path, capsys):
+    d = tmp_path / "nested"
+    d.mkdir()
+    shutil.copy(tiny_llama / "config.json", d)
+    torch.save({"model": load_file(str(tiny_llama / "model.safetensors")), "step": 3}, d / "pytorch_model.bin")
+    refused(capsys, ["convert", d, tmp_path / "o", "--quiet"], "not a state dict", named=d / "pytorch_model.bin")

@@ -112,7 +112,8 @@ class Family:
         from warmstart.inputs import MAX_LAYERS
 
         if need("layers") > MAX_LAYERS:
-            raise CheckpointError(f"config says {need('layers')} layers, more than the limit of {MAX_LAYERS}", source)
+            raise CheckpointError(f"config field {self.fields.get('layers', 'layers')!r} is {need('layers')}, more than "
+                                  f"the limit of {MAX_LAYERS} layers", source)
         return Dims(
             layers=need("layers"), hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
             intermediate=intermediate, vocab=need("vocab"), tied=tied,
