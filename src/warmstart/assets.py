@@ -21,10 +21,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
+from warmstart.checkpoint.atomic import replacing_directory
+from warmstart.checkpoint.gguf import import_gguf
 from warmstart.errors import WarmstartError
 
 
@@ -69,20 +70,8 @@ def _atomic_fill(target: Path, fill) -> Path:
     """Create `target` by filling a temporary sibling, then renaming it."""
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a cached model is not
-    try:
+    with replacing_directory(target, keep_existing=True) as tmp:  # lost a race: theirs is as good
         fill(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.exists():  # lost a race with another process: theirs is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -107,7 +96,6 @@ def smollm2() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if target.exists():
         return target
-    from warmstart.checkpoint.gguf import import_gguf
 
     gguf = smollm2_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,11 @@ def same_file_or_dir(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
+# The largest vocabulary (tokenizer training, recipes, the largest token id of
+# any tokenizer read): 16.7M, 16 times the largest real ones; the tokenizers
+# library aborts on sizes it cannot allocate.
+MAX_VOCAB = 2**24
+
 # Layer counts above this are refused whatever the model (every layer is a
 # set of planned tensors; the deepest real models have a few hundred).
 MAX_LAYERS = 100_000

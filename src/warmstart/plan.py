@@ -17,10 +17,14 @@ use in the plan, so peak memory stays a few tensors whatever the model size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from warmstart.checkpoint.safetensors_format import FLOAT_CODES
-from warmstart.checkpoint.writer import OutputTensor
+from warmstart.checkpoint import atomic
+from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.reader import Checkpoint
+from warmstart.checkpoint.safetensors_format import FLOAT_CODES, TensorInfo
+from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, write_model
 
 
 def identity(x):
@@ -35,6 +39,21 @@ class Ref:
     name: str
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an output tensor comes from, kept through :func:`compose`.
+
+    ``copy``: the bytes of source tensor `ref`; ``transform``: computed from
+    source tensors (a width operation, a merge); ``fresh``: a new parameter
+    (zeros, a new initialization, or a copy placed in a new block), standing
+    where `ref` stood if it has a counterpart. Optimizer-state carry-over
+    reads this: copied moments for a copy, zero moments for a fresh tensor.
+    """
+
+    kind: str  # "copy", "transform" or "fresh"
+    ref: Ref | None = None
+
+
 @dataclass
 class Step:
     name: str
@@ -43,10 +62,19 @@ class Step:
     inputs: tuple[Ref, ...]
     fn: Callable[..., Any] = identity
     note: str = ""
+    origin: Origin | None = None  # None: derived from inputs and fn (see `provenance`)
 
     @property
     def is_copy(self) -> bool:
         return self.fn is identity and len(self.inputs) == 1
+
+    @property
+    def provenance(self) -> Origin:
+        if self.origin is not None:
+            return self.origin
+        if not self.inputs:
+            return Origin("fresh")
+        return Origin("copy", self.inputs[0]) if self.is_copy else Origin("transform")
 
 
 @dataclass
@@ -67,7 +95,7 @@ class Plan:
         if dtype is None:
             return self
         steps = [
-            Step(s.name, s.shape, dtype if s.dtype in FLOAT_CODES else s.dtype, s.inputs, s.fn, s.note)
+            Step(s.name, s.shape, dtype if s.dtype in FLOAT_CODES else s.dtype, s.inputs, s.fn, s.note, s.origin)
             for s in self.steps
         ]
         return Plan(self.sources, steps)
@@ -88,9 +116,10 @@ def compose(outer: Plan, inner: Plan) -> Plan:
     steps = []
     for s in outer.steps:
         feeders = [by_name[r.name] for r in s.inputs]
+        origin = _composed_origin(s.provenance, by_name)
         if s.is_copy:
             f = feeders[0]
-            steps.append(Step(s.name, s.shape, s.dtype, f.inputs, f.fn, s.note or f.note))
+            steps.append(Step(s.name, s.shape, s.dtype, f.inputs, f.fn, s.note or f.note, origin))
             continue
         inputs: list[Ref] = []
         spans = []
@@ -101,8 +130,18 @@ def compose(outer: Plan, inner: Plan) -> Plan:
         def fn(*args, _spans=tuple(spans), _outer=s.fn):
             return _outer(*(g(*args[a:a + n]) for a, n, g in _spans))
 
-        steps.append(Step(s.name, s.shape, s.dtype, tuple(inputs), fn, s.note))
+        steps.append(Step(s.name, s.shape, s.dtype, tuple(inputs), fn, s.note, origin))
     return Plan(inner.sources, steps)
+
+
+def _composed_origin(outer: Origin, inner: dict[str, Step]) -> Origin:
+    """The provenance of an outer step in terms of the inner plan's sources."""
+    if outer.kind == "transform" or outer.ref is None:
+        return Origin(outer.kind)
+    below = inner[outer.ref.name].provenance
+    if outer.kind == "copy":
+        return below  # a copy of a copy is a copy; a copy of something fresh is fresh
+    return Origin("fresh", below.ref if below.kind != "transform" else None)
 
 
 class TensorCache:
@@ -152,14 +191,16 @@ def output_tensors(plan: Plan) -> list[OutputTensor]:
 
 def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: bool = False,
             max_shard_bytes: int | None = None, progress: bool = False, desc: str = "writing",
-            finish=None, generation_config: dict | None = None):
-    """Write the plan's outputs as a model directory (streaming, atomic)."""
-    from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, write_model
+            finish=None, generation_config: dict | None = None, record: dict | None = None):
+    """Write the plan's outputs as a model directory (streaming, atomic).
 
+    The output may not overlap any of the plan's source checkpoints.
+    """
+    inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).exists()]
     return write_model(
         out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, progress=progress, desc=desc,
-        finish=finish, generation_config=generation_config,
+        finish=finish, generation_config=generation_config, inputs=inputs, record=record,
     )
 
 
@@ -177,8 +218,6 @@ class PlannedCheckpoint:
 
     def __init__(self, plan: Plan, config: dict, label: str = "<planned>"):
         from pathlib import Path
-
-        from warmstart.checkpoint.safetensors_format import TensorInfo
 
         self.plan = plan
         self.config = config
@@ -206,3 +245,22 @@ class PlannedCheckpoint:
 
     def extra_files(self) -> list:
         return self.plan.sources[0].extra_files() if self.plan.sources else []
+
+
+def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_shard_bytes: int | None = None,
+               progress: bool = False):
+    """Read a model directory and write it again, tensor by tensor.
+
+    Unchanged tensors are copied as bytes; `dtype` ('fp32', 'fp16', 'bf16')
+    casts floating tensors. The tokenizer and generation files travel along.
+    """
+    code = parse_user_dtype(dtype)
+    atomic.check_output(out, force, [src])
+    ckpt = Checkpoint(src)
+    plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()]).with_dtype(code)
+    config = dict(ckpt.config)
+    if code is not None:
+        config["torch_dtype"] = config_dtype_name(code)
+        config.pop("dtype", None)
+    return execute(plan, Path(out), config=config, copy_files=ckpt.extra_files(), force=force,
+                   max_shard_bytes=max_shard_bytes, progress=progress, desc="copying")

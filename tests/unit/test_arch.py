@@ -11,7 +11,7 @@ import transformers
 from warmstart.arch import open_model
 from warmstart.arch.spec import families
 from warmstart.errors import UnsupportedArchitecture
-from warmstart.inspect import summarize
+from warmstart.arch.summary import summarize
 
 
 def _params(path, cls):

@@ -70,7 +70,7 @@ def test_grow_list_paths_and_unknowns():
 
     def unknown_param(d):
         d["arms"][1]["grow"] = [{"op": "stack", "layerz": 6}]
-    assert error(unknown_param) == "r.yaml: arms[1].grow[0].layerz: stack has no parameter 'layerz'"
+    assert error(unknown_param) == "r.yaml: arms[1].grow[0].layerz: stack has no parameter 'layerz' (accepted: layers)"
 
     def no_op(d):
         d["arms"][1]["grow"] = {"layers": 6}

@@ -10,11 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from warmstart.checkpoint import copy_model
+from warmstart.plan import copy_model
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import encode_header, read_header
 from warmstart.checkpoint.writer import OutputTensor, plan_shards, write_model
-from warmstart.errors import CheckpointError, OutputExists
+from warmstart.errors import CheckpointError, OutputExists, WarmstartError
 
 
 def _all_tensors(directory):
@@ -96,9 +96,17 @@ def test_existing_output_refused_then_forced(tiny_llama, tmp_path):
     with pytest.raises(OutputExists):
         copy_model(tiny_llama, out)
     assert (out / "keep.txt").read_text() == "user data"
+    # --force never deletes what warmstart did not write (issue 17): a folder holding a user's file is refused ...
+    with pytest.raises(WarmstartError, match="keep.txt"):
+        copy_model(tiny_llama, out, force=True)
+    assert (out / "keep.txt").read_text() == "user data"
+    # ... while an earlier warmstart output is replaced.
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    copy_model(tiny_llama, out)
+    (out / "model.safetensors").write_bytes(b"stale")
     copy_model(tiny_llama, out, force=True)
-    assert not (out / "keep.txt").exists()
-    assert (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").stat().st_size > 100
 
 
 def test_failed_write_leaves_nothing(tmp_path):

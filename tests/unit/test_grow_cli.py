@@ -276,7 +276,7 @@ def test_run_recipe(tiny_llama, tmp_path, capsys):
 RECIPE_ERRORS = [
     ("steps:\n  - {op: stack, layers: four}\n", "steps[0].layers: Input should be a valid integer"),
     ("steps:\n  - {op: stack, layers: 4}\n  - {op: expand, layers: 7}\n", "steps[1].layers: expand inserts"),
-    ("steps:\n  - {op: stack, layers: 4, times: 2}\n", "steps[0].times: unknown parameter (accepted: layers)"),
+    ("steps:\n  - {op: stack, layers: 4, times: 2}\n", "steps[0].times: stack has no parameter 'times' (accepted: layers)"),
     ("steps:\n  - {op: expand}\n", "steps[0].layers: required"),
     ("steps:\n  - {op: grow, layers: 4}\n", "steps[0].op: unknown method 'grow'"),
     ("steps:\n  - {layers: 4}\n", "steps[0].op: Field required"),
@@ -341,7 +341,7 @@ def test_optimizer_state_through_expand(tiny_llama, tmp_path, capsys):
     assert len(carried) == 3 * (n_global + 4 * per_layer)
     # the carried state loads into AdamW for the grown model, and a step runs
     grown = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "o"))
-    from warmstart.optimizer_state import read_output
+    from warmstart.ops.optimizer_carry import read_output
 
     loaded = read_output(tmp_path / "o" / "optimizer_state.safetensors")
     opt = torch.optim.AdamW(grown.parameters(), lr=1e-3)

@@ -212,7 +212,7 @@ INDEX_CASES = {
 def test_bad_shard_index_refused(case, tiny_llama, tmp_path, capsys):
     edit, words = INDEX_CASES[case]
     (tiny_llama / "subdir").mkdir()
-    index = _sharded(tiny_llama, edit)
+    _sharded(tiny_llama, edit)
     out = tmp_path / "out"
     line = refused(capsys, ["convert", tiny_llama, out, "--quiet"], words, out=out)
     assert str(tiny_llama) in line

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmstart.errors import CheckpointError, UnsupportedArchitecture
+from warmstart.inputs import MAX_LAYERS
 
 FAMILY_MODULES = ("llama", "gpt2", "bert")
 
@@ -109,8 +110,6 @@ class Family:
         tied = self.config_value(config, "tied")
         tied = bool(tied) if tied is not None else False
         maxpos = self.config_value(config, "max_positions")
-        from warmstart.inputs import MAX_LAYERS
-
         if need("layers") > MAX_LAYERS:
             raise CheckpointError(f"config field {self.fields.get('layers', 'layers')!r} is {need('layers')}, more than "
                                   f"the limit of {MAX_LAYERS} layers", source)

@@ -25,13 +25,14 @@ import json
 import os
 import shutil
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from warmstart import assets
+from warmstart.checkpoint.atomic import replacing_directory
 from warmstart.errors import WarmstartError
 
 FORMAT_VERSION = 1
@@ -166,8 +167,6 @@ def prepare(corpora: dict[str, Sequence[Path]], *, vocab_size: int = 2048, heldo
     ``tokenizer.json`` (or a folder holding one) to use instead of training one,
     e.g. an existing checkpoint's. Returns name -> TokenData.
     """
-    from warmstart import assets
-
     if not 0.0 < heldout < 0.5:
         raise WarmstartError(f"heldout must be between 0 and 0.5, got {heldout}")
     if vocab_size < 260 or vocab_size > 2**31:
@@ -218,9 +217,7 @@ def prepare(corpora: dict[str, Sequence[Path]], *, vocab_size: int = 2048, heldo
 def _build(root: Path, split, vocab_size: int, progress: bool, tok_file: Path | None = None) -> None:
     from tokenizers import Tokenizer
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with replacing_directory(root, keep_existing=True) as tmp:
         (tmp / "tokenizer").mkdir()
         if tok_file is not None:
             try:
@@ -249,13 +246,6 @@ def _build(root: Path, split, vocab_size: int, progress: bool, tok_file: Path | 
             meta["corpora"][name] = {"documents": len(train_docs), "train_tokens": int(tr.size),
                                      "val_tokens": int(va.size)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / "meta.json").exists():  # lost a race: the other build is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_tokenizer(tok, folder: Path) -> None:

@@ -11,6 +11,9 @@ minutes on two CPU cores; ``steps`` and ``source_steps`` scale it up.
 
 from __future__ import annotations
 
+from warmstart import assets
+from warmstart.arch.summary import format_summary, summarize
+
 # Why these numbers (docs/bench.md has the whole search, all measured on a
 # 2-core CPU): at 800 arm steps scratch ends clearly below the source on
 # every seed (at 400 it did not on two seeds of three); a source trained as
@@ -67,7 +70,4 @@ def demo_recipe(steps: int | None = None, source_steps: int | None = None) -> di
 
 def smollm2_summary() -> str:
     """`warmstart inspect` of the real SmolLM2-135M checkpoint (fetched once into the cache)."""
-    from warmstart import assets
-    from warmstart.inspect import format_summary, summarize
-
     return format_summary(summarize(assets.smollm2()))

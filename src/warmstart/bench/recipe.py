@@ -38,7 +38,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from warmstart.arch.spec import describe
 from warmstart.errors import SpecError, WarmstartError
+from warmstart.inputs import MAX_VOCAB, check_elements
+from warmstart.ops import registry
+from warmstart.ops.chain import parse_steps
+from warmstart.plan import Plan, PlannedCheckpoint, Step
+from warmstart.safe_yaml import load_yaml
 
 
 class RecipeError(SpecError):
@@ -279,8 +285,6 @@ def parse(data: Any, path: str | os.PathLike | None = None) -> Recipe:
 
 
 def load(path: str | os.PathLike) -> Recipe:
-    from warmstart.safe_yaml import load_yaml
-
     p = Path(path)
     data = load_yaml(p, "recipe file", RecipeError)
     recipe = parse(data, p)
@@ -302,9 +306,6 @@ def model_elements(model: ModelSpec, vocab_size: int) -> int:
 
 def check_sizes(recipe: Recipe) -> None:
     """Refuse models and batches far beyond any machine before anything is allocated."""
-    from warmstart.inputs import check_elements
-    from warmstart.tokenizer_train import MAX_VOCAB
-
     if recipe.tokenizer.vocab_size > MAX_VOCAB:
         raise RecipeError(f"tokenizer.vocab_size: {recipe.tokenizer.vocab_size} is larger than the limit of "
                           f"{MAX_VOCAB}")
@@ -342,10 +343,8 @@ def check(recipe: Recipe) -> None:
         if arm.source is not None and arm.source not in recipe.sources:
             known = ", ".join(recipe.sources) or "none defined"
             raise RecipeError(f"{where}.source: unknown source {arm.source!r} (sources: {known})")
-        for j, step in enumerate(arm.grow or []):
-            op = step.get("op")
-            if not isinstance(op, str):
-                raise RecipeError(f"{arm.grow_path(i, j, 'op')}: name the operation (e.g. op: stack)")
+        if arm.grow is not None:
+            parse_steps(arm.grow, where=lambda j, _i=i, _a=arm: _a.grow_path(_i, j), error=RecipeError)
         if arm.source is not None:
             check_arm_shape(recipe, i)
 
@@ -354,9 +353,6 @@ def _planned_model(config: dict, label: str):
     """A Model with the config's tensor names and shapes and no data: growth chains plan against it."""
     import torch
     import transformers as tf
-
-    from warmstart.arch.spec import describe
-    from warmstart.plan import Plan, PlannedCheckpoint, Step
 
     cfg = dict(config)
     model_type = cfg.pop("model_type")
@@ -380,34 +376,10 @@ def grow_chain(arm: ArmSpec) -> list[tuple[str, dict]]:
 
 
 def plan_chain(model, arm: ArmSpec, index: int):
-    """Plan the arm's chain on `model`, naming the failing step's field on error."""
-    from warmstart.arch.spec import describe
-    from warmstart.errors import WarmstartError
-    from warmstart.ops.registry import Transform, apply
-    from warmstart.plan import PlannedCheckpoint, compose
-
-    total = None
-    current = model
-    steps = grow_chain(arm)
-    for j, (name, params) in enumerate(steps):
-        try:
-            t = apply(current, name, **params)
-        except TypeError as err:  # an unknown parameter name
-            import re
-
-            m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-            if not m:
-                raise
-            raise RecipeError(f"{arm.grow_path(index, j, m.group(1))}: {name} has no parameter {m.group(1)!r}") from None
-        except WarmstartError as err:
-            param = getattr(err, "param", None)
-            if "unknown" in err.message and "method" in err.message:
-                raise RecipeError(f"{arm.grow_path(index, j, 'op')}: {err.message}") from None
-            raise RecipeError(f"{arm.grow_path(index, j, param)}: {err.message}") from None
-        total = t if total is None else Transform(compose(t.plan, total.plan), t.config, None, [], t.maps)
-        if j + 1 < len(steps):
-            current = describe(PlannedCheckpoint(total.plan, t.config, f"<after {name}>"))
-    return total
+    """Plan the arm's chain on `model` (the one chain of :mod:`warmstart.ops.registry`), errors naming the field."""
+    at = lambda j: arm.grow_path(index, j)  # noqa: E731
+    steps = parse_steps(arm.grow, where=at, error=RecipeError)
+    return registry.chain(model, steps, where=at, error=RecipeError)
 
 
 def check_arm_shape(recipe: Recipe, index: int, vocab_size: int = 2048) -> None:

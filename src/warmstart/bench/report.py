@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 
 from warmstart.bench import metrics as M
+from warmstart.bench.train import read_log
+from warmstart.checkpoint.atomic import write_text
+from warmstart.schedules.plot import save_figure
 
 TARGET_FRACTION = 0.60  # the project's goal: the best warm arm at <= 60% of scratch's FLOPs, source counted
 
@@ -33,12 +36,7 @@ def _clean(x):
 
 
 def _write(path: Path, data: str | bytes) -> None:
-    tmp = path.parent / f".{path.name}.partial"
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    write_text(path, data)
 
 
 def seed_metrics(recipe, run: dict, mode: str = "interpolate") -> dict:
@@ -220,8 +218,6 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from warmstart.bench.train import read_log
-
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = list(recipe.arms[i].name for i in range(len(recipe.arms)))
@@ -259,10 +255,10 @@ def plot(path: Path, recipe, runs: list[dict], results: dict) -> None:
     ax2.legend(fontsize=8)
     fig.suptitle(f"warmstart bench: {recipe.name}")
     fig.tight_layout()
-    tmp = path.parent / f".{path.stem}.partial.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "interpolate") -> dict:

@@ -26,7 +26,6 @@ trains everything.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -34,10 +33,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from warmstart import assets
+from warmstart.arch import open_model
 from warmstart.bench import data as D
 from warmstart.bench import metrics as M
-from warmstart.bench.recipe import Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.bench import report
+from warmstart.bench import train as T
+from warmstart.bench.recipe import ArmSpec, Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
+from warmstart.ops.registry import OPERATIONS
+from warmstart.plan import execute
 
 SOURCE_FORMAT = 1
 
@@ -108,8 +114,6 @@ def _hash(obj) -> str:
 
 def _seed_source(ctx: Context, name: str, seed: int) -> Path:
     """Train (or find) source `name` for `seed`; returns its training directory."""
-    from warmstart.bench.train import train
-
     r = ctx.recipe
     src = r.sources[name]
     tokens = ctx.data.get(f"source-{name}", ctx.data["main"])
@@ -132,7 +136,7 @@ def _seed_source(ctx: Context, name: str, seed: int) -> Path:
         run_dir = target
     ctx.say(f"source {name} (seed {seed}): pretraining {kw['steps']} steps at hidden {src.model.hidden}, "
             f"{src.model.layers} layers")
-    train(config, tokens.train, ctx.data["main"].val, out_dir=run_dir, resume=True, progress=ctx.progress,
+    T.train(config, tokens.train, ctx.data["main"].val, out_dir=run_dir, resume=True, progress=ctx.progress,
           desc=f"source {name}", extra_files=tokens.tokenizer_files(), accelerator=ctx.accelerator, **kw)
     if run_dir != target:
         _link(run_dir, target, ctx.accelerator)
@@ -142,28 +146,19 @@ def _seed_source(ctx: Context, name: str, seed: int) -> Path:
 def _link(src: Path, dst: Path, accelerator) -> None:
     """Copy a finished run (from the cache) into the bench directory, atomically (main process)."""
     if accelerator.is_main_process and not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"))
-        os.rename(tmp, dst)
+        with replacing_directory(dst, keep_existing=True) as tmp:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state", ".*"), dirs_exist_ok=True)
     accelerator.wait_for_everyone()
 
 
 def _with_seed(params: dict, op: str, seed: int) -> dict:
-    from warmstart.ops.registry import get
-
-    if "seed" not in params and "seed" in inspect.signature(get(op).fn).parameters:
+    if "seed" not in params and "seed" in OPERATIONS.parameters(op):
         return {**params, "seed": seed}
     return params
 
 
 def _grow(ctx: Context, index: int, start: Path, seed: int) -> Path:
     """Write the grown start of arm `index` (the same operations as `warmstart grow`)."""
-    from warmstart.arch import open_model
-    from warmstart.bench.recipe import ArmSpec
-    from warmstart.plan import execute
-
     arm = ctx.recipe.arms[index]
     out = ctx.work / f"seed-{seed}" / "grown" / arm.name
     if (out / "config.json").exists():
@@ -203,8 +198,6 @@ def shrink_perturb(shrink: float, noise: float, seed: int):
 
 def _arm(ctx: Context, index: int, seed: int) -> dict:
     """Train arm `index` for `seed`; returns its record (log path, result, source cost)."""
-    from warmstart.bench.train import read_log, train
-
     r = ctx.recipe
     arm = r.arms[index]
     main = ctx.data["main"]
@@ -246,12 +239,12 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
             run_dir = cached
     if not (out / "result.json").exists():
         ctx.say(f"arm {arm.name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
-    result = train(model, main.train, main.val, out_dir=run_dir, resume=True, progress=ctx.progress,
+    result = T.train(model, main.train, main.val, out_dir=run_dir, resume=True, progress=ctx.progress,
                    desc=f"{arm.name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
                    accelerator=ctx.accelerator, **kw)
     if run_dir != out:
         _link(run_dir, out, ctx.accelerator)
-    rows = read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
+    rows = T.read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
     if source_cost is not None and source_cost.get("tokens") is None:
         source_cost = {"tokens": math.nan, "flops": source_cost["flops"], "time": math.nan}
     return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": arm.source,
@@ -260,8 +253,6 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
 
 def check_starts(ctx: Context) -> None:
     """Checks that need the tokenizer: existing checkpoints must match the recipe's target and vocabulary."""
-    from warmstart.arch import open_model
-
     r = ctx.recipe
     vocab = ctx.data["main"].vocab_size
     for i, arm in enumerate(r.arms):
@@ -356,9 +347,6 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
     """
     from accelerate import Accelerator
 
-    from warmstart import assets
-    from warmstart.bench import report
-
     seeds = seeds or recipe.seeds
     if jobs < 1:
         raise WarmstartError(f"--jobs must be at least 1, got {jobs}")
@@ -398,9 +386,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
 
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        tmp = work / ".recipe.json.partial"
-        tmp.write_text(json.dumps({**_merged(stored, mine), "seeds": seeds}, indent=2))
-        os.replace(tmp, stored)
+        write_text(stored, json.dumps({**_merged(stored, mine), "seeds": seeds}, indent=2))
     acc.wait_for_everyone()
     say(f"bench {recipe.name}: {len(recipe.arms)} arms x {seeds} seed(s), {recipe.steps} steps of "
         f"{recipe.tokens_per_step} tokens; {len(main.train):,} training / {len(main.val):,} held-out tokens "
@@ -432,13 +418,7 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
                                                               "val_tokens": int(len(main.val)),
                                                               "vocab_size": main.vocab_size})
         if work != final:
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                os.rename(final, old)
-                os.rename(work, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(work, final)
+            swap_in(work, final)
         # Paths inside results now point into the final directory.
         results = json.loads((final / "results.json").read_text())
     acc.wait_for_everyone()

@@ -58,7 +58,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
+from warmstart.schedules.spec import ScheduleSpecError, resolve
 
 LOG_NAME = "log.jsonl"
 RESULT_NAME = "result.json"
@@ -110,8 +112,6 @@ class TrainResult:
 
 def lr_function(schedule, steps: int, peak: float) -> Callable[[int], float]:
     """Learning rate of the update with 0-based index ``step``."""
-    from warmstart.schedules.spec import ScheduleSpecError, resolve
-
     if schedule is None:
         schedule = f"cosine(warmup={max(1, steps // 20) if steps > 1 else 0}, min_ratio=0.1)"
     try:
@@ -280,18 +280,13 @@ class _quiet:
 def _save_hf(model, accelerator, path: Path, extra_files: Sequence = ()) -> None:
     """An HF model directory, written to a temporary sibling and renamed (main process only)."""
     if accelerator.is_main_process:
-        tmp = path.parent / f".{path.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with _quiet():
-            accelerator.unwrap_model(model).save_pretrained(str(tmp), safe_serialization=True)
-        for f in extra_files:
-            f = Path(f)
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+        with replacing_directory(path) as tmp:
+            with _quiet():
+                accelerator.unwrap_model(model).save_pretrained(str(tmp), safe_serialization=True)
+            for f in extra_files:
+                f = Path(f)
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
     accelerator.wait_for_everyone()
 
 
@@ -305,12 +300,7 @@ def _save_state(accelerator, out_dir: Path, meta: dict) -> None:
         accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         (tmp / "trainer.json").write_text(json.dumps(meta))
-        old = out_dir / ".state.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if state.exists():
-            os.rename(state, old)
-        os.rename(tmp, state)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, state)
     accelerator.wait_for_everyone()
 
 
@@ -518,9 +508,7 @@ def train(
         resumed_from=resumed_from, saved=saved,
     )
     if acc.is_main_process:
-        tmp = out_dir / f".{RESULT_NAME}.partial"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        os.replace(tmp, done)
+        write_text(done, json.dumps(result.to_dict(), indent=2))
         shutil.rmtree(out_dir / "state", ignore_errors=True)
     acc.wait_for_everyone()
     return result

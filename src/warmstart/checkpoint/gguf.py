@@ -16,8 +16,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from warmstart.checkpoint.writer import OutputTensor, write_model
+from warmstart.checkpoint.dtypes import code_to_torch
+from warmstart.checkpoint.gguf_checks import check_gguf
+from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, check_output, write_model
 from warmstart.errors import CheckpointError
+from warmstart.inputs import require_regular_file
 
 # GGUF tensor name -> HF Llama tensor name.
 _GLOBAL = {
@@ -75,8 +78,6 @@ def open_gguf(path: Path):
         raise CheckpointError("no such GGUF file", path)
     if path.is_dir():
         raise CheckpointError("is a directory, expected a GGUF file", path)
-    from warmstart.inputs import require_regular_file
-
     require_regular_file(path, "GGUF file", CheckpointError)
     try:
         return gguf.GGUFReader(str(path))
@@ -90,56 +91,32 @@ def llama_config(reader, path: Path, dtype: str) -> dict:
         raise CheckpointError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}", path)
     a = arch
 
-    def number(key, value, kind=int, positive=True):
-        """A metadata value as a positive int (or float): one line naming the key otherwise."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CheckpointError(f"GGUF metadata {key} is {value!r}, not a number", path)
-        if kind is int and (not float(value).is_integer()):
-            raise CheckpointError(f"GGUF metadata {key} is {value!r}, not a whole number", path)
-        if positive and not value > 0:
-            raise CheckpointError(f"GGUF metadata {key} is {value!r}; it must be positive", path)
-        return kind(value)
-
-    def need(key, kind=int):
+    def need(key):
         value = _field(reader, f"{a}.{key}")
         if value is None:
             raise CheckpointError(f"GGUF metadata lacks {a}.{key}", path)
-        return number(f"{a}.{key}", value, kind)
-
-    def optional(key, default, kind=int):
-        value = _field(reader, f"{a}.{key}")
-        return default if value is None else number(f"{a}.{key}", value, kind)
+        return value
 
     names = {t.name for t in reader.tensors}
-    hidden = need("embedding_length")
-    heads = need("attention.head_count")
+    hidden = int(need("embedding_length"))
+    heads = int(need("attention.head_count"))
     vocab = _field(reader, f"{a}.vocab_size")
     if vocab is None:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         vocab = len(tokens.data) if tokens is not None else None
-    if vocab is None or vocab == 0:
-        raise CheckpointError("GGUF file has no vocabulary (neither "
-                              f"{a}.vocab_size nor tokenizer.ggml.tokens)", path)
-    kv_heads = optional("attention.head_count_kv", heads)
-    if heads % kv_heads:
-        raise CheckpointError(f"GGUF metadata: {heads} attention heads do not divide into {kv_heads} KV heads", path)
-    default_head_dim = hidden // heads
-    head_dim = optional("rope.dimension_count", default_head_dim)
-    if head_dim % 2:
-        raise CheckpointError(f"GGUF metadata: head dimension {head_dim} is odd (RoPE needs pairs)", path)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden,
-        "intermediate_size": need("feed_forward_length"),
-        "num_hidden_layers": need("block_count"),
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": int(need("block_count")),
         "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "max_position_embeddings": optional("context_length", 2048),
-        "rms_norm_eps": optional("attention.layer_norm_rms_epsilon", 1e-5, float),
-        "rope_theta": optional("rope.freq_base", 10000.0, float),
-        "vocab_size": number("vocabulary size", vocab),
+        "num_key_value_heads": int(_field(reader, f"{a}.attention.head_count_kv", heads)),
+        "head_dim": int(_field(reader, f"{a}.rope.dimension_count", hidden // heads)),
+        "max_position_embeddings": int(_field(reader, f"{a}.context_length", 2048)),
+        "rms_norm_eps": float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_field(reader, f"{a}.rope.freq_base", 10000.0)),
+        "vocab_size": int(vocab),
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
@@ -149,7 +126,7 @@ def llama_config(reader, path: Path, dtype: str) -> dict:
     for key, gkey in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")):
         value = _field(reader, f"tokenizer.ggml.{gkey}")
         if value is not None:
-            config[key] = number(f"tokenizer.ggml.{gkey}", value, positive=False)
+            config[key] = int(value)
     return config
 
 
@@ -158,8 +135,6 @@ def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTen
     import numpy as np
     import torch
     from gguf.quants import dequantize
-
-    from warmstart.checkpoint.dtypes import code_to_torch
 
     heads = config["num_attention_heads"]
     kv_heads = config["num_key_value_heads"]
@@ -173,12 +148,8 @@ def gguf_tensors(reader, config: dict, dtype: str, path: Path) -> list[OutputTen
             shape = shape[1:]
 
         def compute(_t=t, _name=name, _shape=shape):
-            try:
-                arr = dequantize(_t.data, _t.tensor_type)
-                arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(_shape)
-            except Exception as err:  # truncated data, unknown quantization
-                first = (str(err).splitlines() or [type(err).__name__])[0]
-                raise CheckpointError(f"cannot dequantize GGUF tensor {_t.name!r}: {first}", path) from None
+            arr = dequantize(_t.data, _t.tensor_type)
+            arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(_shape)
             if _name.endswith("q_proj.weight"):
                 arr = unpermute_rope(arr, heads)
             elif _name.endswith("k_proj.weight"):
@@ -210,18 +181,14 @@ def save_tokenizer(path: Path, directory: Path) -> None:
 def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force: bool = False,
                 max_shard_bytes: int | None = None, progress: bool = False) -> Path:
     """Convert `path` (GGUF) into the Hugging Face directory `out`, streaming."""
-    from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, check_output
-
     path = Path(path)
-    check_output(out, force)
+    check_output(out, force, [path])
     reader = open_gguf(path)
+    check_gguf(reader, path)
     config = llama_config(reader, path, dtype)
     tensors = gguf_tensors(reader, config, dtype, path)
-    from warmstart.checkpoint.gguf_checks import check_import
-
-    check_import(reader, tensors, config, path, [t.name for t in reader.tensors])
     write_model(
-        out, tensors, config=config, force=force, progress=progress, desc="importing",
+        out, tensors, config=config, force=force, inputs=[path], progress=progress, desc="importing",
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
         finish=lambda d: save_tokenizer(path, d),
     )

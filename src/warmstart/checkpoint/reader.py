@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from warmstart.checkpoint.dtypes import torch_to_code
 from warmstart.checkpoint.safetensors_format import TensorInfo, read_header, safe_join
 from warmstart.errors import CheckpointError
+from warmstart.inputs import MAX_TEXT_BYTES, open_regular, require_regular_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -39,8 +41,6 @@ def load_json(path: Path, what: str, *, strict: bool = False) -> Any:
     `strict` also refuses a key given twice and NaN/Infinity (for files whose
     every value is trusted to name or size something, like a shard index).
     """
-    from warmstart.inputs import open_regular, MAX_TEXT_BYTES
-
     if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"missing {what}", path)
     with open_regular(path, what, CheckpointError) as f:
@@ -141,8 +141,6 @@ class Checkpoint:
                                       index_path)
             if file == index_path.resolve():
                 raise CheckpointError(f"shard index names itself as shard {shard!r}", index_path)
-            from warmstart.inputs import require_regular_file
-
             require_regular_file(file, f"shard {shard!r}", CheckpointError)
             shards[shard] = file
         infos: dict[str, TensorInfo] = {}
@@ -165,7 +163,6 @@ class Checkpoint:
 
     def _scan_bin(self, file: Path, referrer: Path | None) -> dict[str, TensorInfo]:
         state = self._load_bin(file)
-        from warmstart.checkpoint.dtypes import torch_to_code
 
         infos = {}
         for name, t in state.items():
@@ -181,8 +178,6 @@ class Checkpoint:
         if file in self._bin_cache:
             return self._bin_cache[file]
         import torch
-
-        from warmstart.inputs import open_regular
 
         # Zip-format checkpoints (torch >= 1.6) are memory-mapped; the legacy
         # pre-zip format cannot be, and is read whole, still weights_only.

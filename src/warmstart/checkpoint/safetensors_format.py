@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import CheckpointError
+from warmstart.inputs import open_regular
 
 # safetensors dtype codes and their item sizes in bytes.
 ITEMSIZE = {
@@ -171,8 +172,6 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     its header length must fit the file, and the header must pass
     :func:`parse_header`. Offsets in the returned infos are absolute.
     """
-    from warmstart.inputs import open_regular
-
     path = Path(path)
     with open_regular(path, "safetensors file", CheckpointError) as f:
         try:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+from warmstart.checkpoint.atomic import atomic_directory, check_output  # noqa: F401  (re-exported)
+from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.checkpoint.safetensors_format import encode_header, nbytes_of
-from warmstart.errors import CheckpointError, OutputExists, WarmstartError
+from warmstart.errors import CheckpointError
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1000**3  # "2GB", as transformers counts it
 COPY_CHUNK = 64 * 1024 * 1024
@@ -59,44 +59,6 @@ class WriteReport:
     total_bytes: int = 0
     copied_bytes: int = 0
     computed_bytes: int = 0
-
-
-def check_output(out: str | Path, force: bool) -> Path:
-    """Refuse an existing output unless forced; called before any work starts."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExists("output already exists (use --force to replace it)", out)
-    if not out.parent.exists():
-        raise WarmstartError("parent directory of the output does not exist", out.parent)
-    return out
-
-
-@contextmanager
-def atomic_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `out`; rename it to `out` on success only."""
-    out = check_output(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is not
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        if not force:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputExists("output appeared while writing (use --force to replace it)", out)
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def plan_shards(tensors: Sequence[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:
@@ -138,8 +100,6 @@ def _copy_bytes(src: Path, offset: int, nbytes: int, dst) -> None:
 
 def _write_computed(t: OutputTensor, dst) -> None:
     import torch
-
-    from warmstart.checkpoint.dtypes import code_to_torch
 
     value = t.compute()
     if not isinstance(value, torch.Tensor):
@@ -242,14 +202,17 @@ def write_model(out: str | Path, tensors: Sequence[OutputTensor], *, config: dic
                 copy_files: Sequence[Path] = (), generation_config: dict | None = None,
                 finish: Callable[[Path], None] | None = None, force: bool = False,
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = False,
-                desc: str = "writing") -> WriteReport:
+                desc: str = "writing", inputs: Sequence = (), record: dict | None = None) -> WriteReport:
     """Write a complete model directory atomically.
 
     `copy_files` (tokenizer files, generation_config.json) are copied as they
     are; `finish`, if given, may add files (e.g. a tokenizer's save_pretrained)
-    to the temporary directory before it is renamed into place.
+    to the temporary directory before it is renamed into place. The output
+    may not overlap `inputs` nor any directory a tensor or file is copied
+    from; `record` is the provenance kept in ``warmstart.json``.
     """
-    with atomic_directory(out, force) as tmp:
+    sources = {Path(f).parent for f in copy_files} | {t.copy_from[0].parent for t in tensors if t.copy_from}
+    with atomic_directory(out, force, [*inputs, *sorted(sources)], record) as tmp:
         report = write_weights(tmp, tensors, max_shard_bytes=max_shard_bytes, progress=progress, desc=desc)
         write_json(tmp / "config.json", config)
         names = {p.name for p in copy_files}

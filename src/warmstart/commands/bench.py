@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from warmstart.commands.common import add_threads, device_flag, set_threads
+
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="train warm-started and scratch arms of a recipe and measure the head start",
@@ -26,28 +28,6 @@ def register(sub) -> None:
                         "(default 1); on a CPU, one job per core finishes the runs soonest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def add_threads(p) -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is faster on a machine busy with "
-                        "other work)")
-
-
-def set_threads(n) -> None:
-    from warmstart.errors import WarmstartError
-
-    if n is None:
-        return
-    if n < 1:
-        raise WarmstartError(f"--threads must be at least 1, got {n}")
-    import torch
-
-    torch.set_num_threads(n)
-
-
-def device_flag(value: str):
-    return {"auto": None, "cpu": True, "gpu": False}[value]
 
 
 def run(args) -> int:

@@ -29,3 +29,50 @@ def add_output_args(p) -> None:
                    help="cast floating tensors (default: keep each tensor's dtype)")
     p.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def write_chain(args, steps, *, where: str = "steps", path=None) -> int:
+    """Apply `steps` to args.model as one streaming chain, print the summary, verify if asked (grow, shrink, run)."""
+    from warmstart.ops.chain import apply_chain
+
+    result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
+                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
+                         optimizer_state=args.optimizer_state, where=where, path=path)
+    for line in result.summary():
+        print(line)
+    if args.verify:
+        return print_verify(args.model, result.out)
+    return 0
+
+
+def print_verify(source, out) -> int:
+    import transformers
+
+    from warmstart.verify import compare
+
+    transformers.utils.logging.disable_progress_bar()
+
+    report = compare(source, out)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is faster on a machine busy with "
+                        "other work)")
+
+
+def set_threads(n) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise WarmstartError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def device_flag(value: str):
+    return {"auto": None, "cpu": True, "gpu": False}[value]

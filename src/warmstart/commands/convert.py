@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.checkpoint import copy_model
+    from warmstart.plan import copy_model
 
     report = copy_model(args.model, args.out, dtype=args.dtype, force=args.force,
                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet)

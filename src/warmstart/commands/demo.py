@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from warmstart.commands.common import add_threads, device_flag, set_threads
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="pretrain, grow and race a small Llama against scratch; print the speedup",
@@ -21,7 +23,6 @@ def register(sub) -> None:
                    help="train the source and scratch even if the same runs are in the cache")
     p.add_argument("--skip-inspect", action="store_true", help="do not fetch and inspect SmolLM2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from warmstart.commands.bench import add_threads
 
     add_threads(p)
     p.add_argument("--jobs", type=int, default=None,
@@ -68,7 +69,6 @@ def run(args) -> int:
     from warmstart.bench import recipe as R
     from warmstart.bench.demo import demo_recipe, smollm2_summary
     from warmstart.bench.run import run_bench
-    from warmstart.commands.bench import device_flag, set_threads
     from warmstart.errors import WarmstartError
 
     for name in ("steps", "source_steps", "seeds", "jobs"):
@@ -100,7 +100,7 @@ def run(args) -> int:
                         jobs=args.jobs or default_jobs(args.device))
     if results is None:  # a non-main process of a distributed launch
         return 0
-    from warmstart.inspect import summarize
+    from warmstart.arch.summary import summarize
 
     grown = out / "seed-0" / "grown" / "grown"
     source = out / "seed-0" / "sources" / "small" / "final"

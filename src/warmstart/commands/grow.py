@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, parse_size
+from warmstart.commands.common import add_output_args, write_chain
+from warmstart.errors import WarmstartError
+from warmstart.ops import registry
 
-DEPTH_METHODS = ("stack", "interleave", "dus", "expand")
-WIDTH_METHODS = ("hyperclone", "net2net", "aki")
+
+def depth_methods() -> list[str]:
+    return [n for n in registry.names("depth") if n != "layer_map"]  # layer_map has its own flag
+
+
+def width_methods() -> list[str]:
+    return registry.names("width")
 
 
 def register(sub) -> None:
@@ -18,14 +25,14 @@ def register(sub) -> None:
     p.add_argument("out", help="output directory")
     d = p.add_argument_group("depth")
     d.add_argument("--layers", type=int, help="number of layers of the output")
-    d.add_argument("--depth-method", choices=DEPTH_METHODS,
+    d.add_argument("--depth-method", choices=depth_methods(),
                    help="stack (G_stack), interleave, dus (SOLAR depth up-scaling), expand (LLaMA Pro, exact)")
     d.add_argument("--dus-overlap", type=int, metavar="K",
                    help="dus: layers dropped at the seam of each copy (output has 2*(L-K) layers)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
-    w.add_argument("--width-method", help="hyperclone, net2net or aki")
+    w.add_argument("--width-method", metavar="METHOD", help=f"one of: {', '.join(width_methods())}")
     w.add_argument("--hidden", type=int, help="target hidden size")
     w.add_argument("--intermediate", type=int, help="target MLP intermediate size")
     w.add_argument("--heads", type=int, help="target attention heads")
@@ -43,8 +50,6 @@ def register(sub) -> None:
 
 
 def width_step(args) -> tuple[str, dict] | None:
-    from warmstart.errors import WarmstartError
-
     given = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads")
              if getattr(args, k) is not None}
     if args.width_mult is not None:
@@ -55,7 +60,7 @@ def width_step(args) -> tuple[str, dict] | None:
     if args.width_method is None:
         if given:
             flags = ", ".join("--" + k.replace("_", "-").replace("mult", "width-mult") for k in given)
-            raise WarmstartError(f"{flags} given without --width-method (one of {', '.join(WIDTH_METHODS)})")
+            raise WarmstartError(f"{flags} given without --width-method (one of {', '.join(width_methods())})")
         return None
     if not any(k in given for k in ("hidden", "intermediate", "heads", "kv_heads", "mult")):
         raise WarmstartError(f"--width-method {args.width_method} needs target sizes (--hidden, --intermediate, "
@@ -65,8 +70,6 @@ def width_step(args) -> tuple[str, dict] | None:
 
 
 def depth_step(args) -> tuple[str, dict] | None:
-    from warmstart.errors import WarmstartError
-
     if args.layer_map is not None:
         if args.depth_method is not None:
             raise WarmstartError("give either --layer-map or --depth-method, not both")
@@ -78,7 +81,7 @@ def depth_step(args) -> tuple[str, dict] | None:
         raise WarmstartError("--dus-overlap is for --depth-method dus")
     if args.depth_method is None:
         if args.layers is not None:
-            raise WarmstartError(f"--layers needs --depth-method ({', '.join(DEPTH_METHODS)}) or --layer-map")
+            raise WarmstartError(f"--layers needs --depth-method ({', '.join(depth_methods())}) or --layer-map")
         return None
     if args.depth_method == "dus":
         return "dus", {"layers": args.layers, "overlap": args.dus_overlap}
@@ -88,39 +91,9 @@ def depth_step(args) -> tuple[str, dict] | None:
 
 
 def run(args) -> int:
-    from warmstart.errors import WarmstartError
-    from warmstart.ops import registry
-
     steps = [s for s in (width_step(args), depth_step(args)) if s is not None]
     if not steps:
         raise WarmstartError("nothing to do: give --layers with --depth-method, --layer-map, or --width-method")
-    if steps[0][0] != "layer_map" and steps[0][0] not in DEPTH_METHODS:
+    if steps[0][0] != "layer_map" and steps[0][0] not in depth_methods():
         registry.get(steps[0][0], "width")  # a clear error for an unknown width method
     return write_chain(args, steps)
-
-
-def write_chain(args, steps) -> int:
-    """Apply `steps` to args.model as one streaming chain, print the summary, verify if asked (grow and shrink)."""
-    from warmstart.recipe_chain import apply_chain
-
-    result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
-                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
-                         optimizer_state=args.optimizer_state)
-    for line in result.summary():
-        print(line)
-    if args.verify:
-        return print_verify(args.model, result.out)
-    return 0
-
-
-def print_verify(source, out) -> int:
-    import transformers
-
-    from warmstart.verify import compare
-
-    transformers.utils.logging.disable_progress_bar()
-
-    report = compare(source, out)
-    for line in report.lines():
-        print(line)
-    return 0

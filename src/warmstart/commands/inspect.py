@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.inspect import format_summary, summarize
+    from warmstart.arch.summary import format_summary, summarize
 
     summary = summarize(args.model)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

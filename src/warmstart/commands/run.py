@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, parse_size
+from warmstart.commands.common import add_output_args, write_chain
+from warmstart.ops.chain import load_recipe
 
 
 def register(sub) -> None:
@@ -16,23 +17,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from warmstart.arch import open_model
-    from warmstart.checkpoint.writer import check_output
-    from warmstart.commands.grow import print_verify
-    from warmstart.recipe_chain import apply_chain, load_recipe, plan_recipe_steps
-
     recipe, steps = load_recipe(args.recipe)
-    model_path = args.model or recipe.model
-    out = args.out or recipe.out
-    check_output(out, args.force)
-    plan_recipe_steps(open_model(model_path), steps, Path(args.recipe))
-    result = apply_chain(model_path, out, steps, dtype=args.dtype or recipe.dtype, force=args.force,
-                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
-                         optimizer_state=recipe.optimizer_state)
-    for line in result.summary():
-        print(line)
-    if args.verify:
-        return print_verify(model_path, result.out)
-    return 0
+    args.model = args.model or recipe.model
+    args.out = args.out or recipe.out
+    args.dtype = args.dtype or recipe.dtype
+    args.optimizer_state = recipe.optimizer_state
+    return write_chain(args, steps, path=args.recipe)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args
+from warmstart.commands.common import add_output_args, write_chain
+from warmstart.errors import WarmstartError
 
 
 def register(sub) -> None:
@@ -28,9 +29,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.commands.grow import write_chain
-    from warmstart.errors import WarmstartError
-
     steps = []
     width = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads")
              if getattr(args, k) is not None}

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from warmstart.tokenizer_train import train_tokenizer
+    from warmstart.vocab.tokenizer_train import train_tokenizer
 
     tok = train_tokenizer(args.corpus, args.out, args.vocab_size, like=args.like, force=args.force,
                           progress=not args.quiet)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from warmstart.commands.common import add_output_args, parse_size
-
-METHOD_NAMES = ("copy", "fvt", "multivariate", "focus", "omp", "wechsel", "random")
+from warmstart.vocab.methods import METHODS
 
 
 def register(sub) -> None:
@@ -12,7 +11,7 @@ def register(sub) -> None:
     p.add_argument("model", help="source model directory (with its tokenizer.json)")
     p.add_argument("out", help="output directory")
     p.add_argument("--tokenizer", required=True, metavar="NEW", help="new tokenizer: a directory or a tokenizer.json")
-    p.add_argument("--method", default="fvt", choices=METHOD_NAMES,
+    p.add_argument("--method", default="fvt", choices=METHODS.names(),
                    help="how new rows are made (default fvt); focus and omp need --corpus, wechsel "
                         "--aligned-embeddings")
     p.add_argument("--mode", default="replace", choices=["replace", "extend"],

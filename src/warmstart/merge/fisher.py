@@ -29,11 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from warmstart.assets import cache_dir
+from warmstart.checkpoint.atomic import replacing
+from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import read_header
+from warmstart.checkpoint.tensor_file import TensorFile
 from warmstart.merge.methods import MergeError
 
 FISHER_FILE = "fisher.safetensors"
@@ -148,8 +151,6 @@ def token_batches(data_file: Path, encode, batches: int, batch_size: int, seq_le
 
 
 def _cache_location(model_dir: Path) -> Path:
-    from warmstart.assets import cache_dir
-
     key = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:20]
     return cache_dir() / "fisher" / key / FISHER_FILE
 
@@ -160,8 +161,6 @@ def fisher_locations(model_dir: Path) -> list[Path]:
 
 
 def weights_fingerprint(model_dir: Path) -> str:
-    from warmstart.checkpoint.reader import Checkpoint
-
     ckpt = Checkpoint(model_dir)
     parts = []
     for file in sorted({i.file for i in ckpt.tensors.values()}):
@@ -207,16 +206,8 @@ def _writable(directory: Path) -> bool:
 def _save_atomic(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def ensure_fisher(model_dir, data_file=None, batches: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -243,8 +234,6 @@ def ensure_fisher(model_dir, data_file=None, batches: int | None = None, *, batc
     found = find_fisher(model_dir, want)
     if found is not None:
         return found
-
-    from warmstart.checkpoint.reader import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     encode = load_tokenizer(model_dir)
@@ -289,7 +278,6 @@ class FisherFile:
     """A stored Fisher, read tensor by tensor like a checkpoint."""
 
     def __init__(self, path: Path):
-        from warmstart.merge.stream import TensorFile
 
         self.path = Path(path)
         try:

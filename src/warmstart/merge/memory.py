@@ -10,14 +10,13 @@ import copy
 from typing import Mapping, Sequence
 
 from warmstart.merge import combine
+from warmstart.merge.combine import all_finite
 from warmstart.merge.methods import MergeError, resolve
 
 
 def _reader(t, label: str, name: str):
     def read():
         import torch
-
-        from warmstart.merge.combine import all_finite
 
         x = t.detach()
         if x.is_floating_point() and not all_finite(x):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from warmstart.errors import WarmstartError
+from warmstart.registry import Registry
+from warmstart.schedules.wsm import decay_multipliers, wsm_weights
 
 # |sum(weights) - 1| above this is "not summing to 1" for `weighted`.
 SUM_TOLERANCE = 1e-6
@@ -49,26 +51,16 @@ class MergeMethod:
     fisher: bool = False
 
 
-METHODS: dict[str, MergeMethod] = {}
+METHODS: Registry[MergeMethod] = Registry("merge method", error=MergeError)
 
 
 def register(name: str, summary: str, *, ordered: bool = False, fisher: bool = False):
     """Decorator: make `fn(n, **params) -> Coefficients` available as method `name`."""
-
-    def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = MergeMethod(name, fn, summary, ordered, fisher)
-        return fn
-
-    return wrap
+    return METHODS.decorator(name, lambda fn: MergeMethod(name, fn, summary, ordered, fisher))
 
 
 def get(name: str) -> MergeMethod:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MergeError(f"unknown merge method {name!r}; available: {', '.join(sorted(METHODS))}") from None
+    return METHODS.get(name)
 
 
 def resolve(name: str, n: int, **params) -> Coefficients:
@@ -77,10 +69,7 @@ def resolve(name: str, n: int, **params) -> Coefficients:
         raise MergeError(f"merging needs at least two inputs, got {n}")
     method = get(name)
     given = {k: v for k, v in params.items() if v is not None}
-    import inspect
-
-    accepted = set(inspect.signature(method.fn).parameters) - {"n"}
-    extra = sorted(set(given) - accepted)
+    extra = sorted(set(given) - set(METHODS.parameters(name)))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise MergeError(f"method {name!r} does not take {flags}")
@@ -218,8 +207,6 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
     (or none) use :func:`warmstart.schedules.wsm.wsm_weights` as it is;
     unequal spacing takes the segment means over the same decay multipliers.
     """
-    from warmstart.schedules.wsm import decay_multipliers, wsm_weights
-
     steps = check_steps(steps, n)
     if steps is None:
         return list(wsm_weights(shape, n, CONTINUOUS_INTERVAL, end))

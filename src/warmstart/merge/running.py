@@ -33,6 +33,8 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Sequence
 
+from warmstart.checkpoint.writer import atomic_directory
+from warmstart.merge import combine
 from warmstart.merge.methods import MergeError
 
 
@@ -104,7 +106,6 @@ class RunningAverage:
             raise MergeError("no update() yet: nothing to average")
         if self.decay is not None:
             return self.ema
-        from warmstart.merge import combine
 
         snaps = list(self.snapshots)
         if self.weights is None:
@@ -148,8 +149,6 @@ class RunningAverage:
 
     def save(self, out, *, force: bool = False) -> None:
         """Write the averaged model as a model directory (atomic; a Hugging Face model's save_pretrained)."""
-        from warmstart.checkpoint.writer import atomic_directory
-
         if not hasattr(self.model, "save_pretrained"):
             raise MergeError("save() needs a Hugging Face model; use average() for other modules")
         avg = self.average()

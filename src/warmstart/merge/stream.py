@@ -28,66 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
 from warmstart.checkpoint.reader import Checkpoint
-from warmstart.checkpoint.safetensors_format import FLOAT_CODES, TensorInfo
+from warmstart.checkpoint.safetensors_format import FLOAT_CODES
+from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
+from warmstart.checkpoint.writer import check_output, write_json
+from warmstart.merge import combine
+from warmstart.merge.combine import all_finite
+from warmstart.merge.distinct import check_distinct
 from warmstart.merge.methods import Coefficients, MergeError, resolve
+from warmstart.plan import Plan, Ref, Step, execute
 
 # Config fields that may differ between checkpoints of one architecture.
 CONFIG_BOOKKEEPING = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
                       "_commit_hash", "_attn_implementation_autoset"}
-
-
-class TensorFile:
-    """Reads whole tensors by positioned reads (no memory map), one at a time.
-
-    `infos` maps names to where their bytes are (safetensors layout);
-    `fallback` reads a tensor some other way (pickled checkpoints).
-    """
-
-    def __init__(self, infos: dict[str, TensorInfo], fallback=None):
-        self.infos = infos
-        self.fallback = fallback
-        self._fds: dict[Path, int] = {}
-
-    def read(self, name: str):
-        import torch
-
-        from warmstart.checkpoint.dtypes import code_to_torch
-
-        info = self.infos[name]
-        try:
-            dtype = code_to_torch(info.dtype)
-        except KeyError:
-            dtype = None
-        if info.offset < 0 or dtype is None:
-            if self.fallback is None:
-                raise MergeError(f"cannot read tensor {name!r} of dtype {info.dtype}", info.file)
-            return self.fallback(name).clone()
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        if info.nbytes:
-            fd = self._fds.get(info.file)
-            if fd is None:
-                fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-            view = memoryview(buf.numpy())
-            done = 0
-            while done < info.nbytes:
-                n = os.preadv(fd, [view[done:]], info.offset + done)
-                if n <= 0:
-                    raise MergeError(f"unexpected end of file reading tensor {name!r}", info.file)
-                done += n
-        return buf.view(dtype).reshape(info.shape)
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
-def checkpoint_tensor_file(ckpt: Checkpoint) -> TensorFile:
-    infos = dict(ckpt.tensors) if ckpt.format == "safetensors" else {
-        n: TensorInfo(n, i.file, i.dtype, i.shape, -1, i.nbytes) for n, i in ckpt.tensors.items()
-    }
-    return TensorFile(infos, fallback=ckpt.get)
 
 
 class ReaderSource:
@@ -105,8 +59,6 @@ class ReaderSource:
     def get(self, name: str):
         def read():
             import torch
-
-            from warmstart.merge.combine import all_finite
 
             t = self.tensors.read(name)
             if t.is_floating_point() and not all_finite(t):
@@ -253,13 +205,8 @@ def merge_checkpoints(
     a loaded 2-core machine torch's default threads made the same merge
     about twice as slow (docs/merge.md).
     """
-    from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
-    from warmstart.checkpoint.writer import check_output, write_json
-    from warmstart.merge import combine
-    from warmstart.plan import Plan, Ref, Step, execute
-
     code = parse_user_dtype(dtype)
-    out = check_output(out, force)
+    out = check_output(out, force, [*inputs, fisher_data])
     if len(inputs) < 2:
         raise MergeError("merging needs at least two checkpoints, got one", inputs[0] if inputs else None)
     params = dict(weights=weights, ema_decay=ema_decay, ema_half_life=ema_half_life, steps=steps,
@@ -274,8 +221,6 @@ def merge_checkpoints(
 
     ckpts = [Checkpoint(p) for p in inputs]
     check_inputs(ckpts)
-    from warmstart.merge.distinct import check_distinct
-
     check_distinct(ckpts, MergeError)
     n = len(ckpts)
     files = [checkpoint_tensor_file(c) for c in ckpts]

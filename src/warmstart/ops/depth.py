@@ -21,9 +21,9 @@ only computed tensors are the zeros of LLaMA Pro's inserted blocks.
 - ``drop`` (shrink): keep N evenly spaced blocks, or the first N.
 
 Each Transform's ``maps`` holds ``layers`` (source block of each output
-block), ``new_layers`` (output blocks that are new, i.e. LLaMA Pro's inserted
-blocks) and ``tensor_sources`` ({output tensor: (source tensor, is_new)}),
-which the optimizer-state carry-over follows.
+block) and ``new_layers`` (output blocks that are new, i.e. LLaMA Pro's
+inserted blocks). The tensors of new blocks are marked ``fresh`` in the plan
+(:class:`~warmstart.plan.Origin`), which the optimizer-state carry-over follows.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from warmstart.checkpoint.dtypes import code_to_torch
 from warmstart.errors import ParamError, WarmstartError
+from warmstart.inputs import MAX_LAYERS, check_layers
 from warmstart.ops.registry import Transform, register
-from warmstart.plan import Plan, Ref, Step
+from warmstart.plan import Origin, Plan, Ref, Step
 
 # Roles that write into the residual stream: zero in an inserted LLaMA Pro block.
 RESIDUAL_OUTPUT_ROLES = ("attn.o.weight", "attn.o.bias", "mlp.down.weight", "mlp.down.bias")
@@ -51,8 +53,6 @@ class Zeros:
     def __call__(self):
         import torch
 
-        from warmstart.checkpoint.dtypes import code_to_torch
-
         return torch.zeros(self.shape, dtype=code_to_torch(self.dtype))
 
     def __repr__(self) -> str:
@@ -68,8 +68,6 @@ def _count(model, layers: Any, op: str) -> int:
         raise ParamError("layers", f"{op} needs a whole number of layers, got {layers!r}", _src(model))
     if layers < 1:
         raise ParamError("layers", f"{op} needs at least one layer, got {layers}", _src(model))
-    from warmstart.inputs import check_layers
-
     try:
         return check_layers(model, layers, op)
     except WarmstartError as err:
@@ -120,12 +118,11 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
     roles = model.layout.roles
     head = block_prefix(model)
     steps: list[Step] = []
-    sources: dict[str, tuple[str, bool]] = {}
 
     def copy(name: str, out: str, new: bool) -> None:
         info = ckpt.info(name)
-        steps.append(Step(out, tuple(info.shape), info.dtype, (Ref(0, name),), note="new block" if new else ""))
-        sources[out] = (name, new)
+        steps.append(Step(out, tuple(info.shape), info.dtype, (Ref(0, name),), note="new block" if new else "",
+                          origin=Origin("fresh", Ref(0, name)) if new else None))
 
     for item in order:
         if item is not None:
@@ -139,8 +136,7 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 if new and role is not None and role.role in RESIDUAL_OUTPUT_ROLES:
                     info = ckpt.info(name)
                     steps.append(Step(out, tuple(info.shape), info.dtype, (), Zeros(info.shape, info.dtype),
-                                      note="new block: zero residual output"))
-                    sources[out] = (name, True)
+                                      note="new block: zero residual output", origin=Origin("fresh", Ref(0, name))))
                 else:
                     copy(name, out, new)
     config = model.family.set_dims(model.config, layers=len(layer_map))
@@ -148,7 +144,7 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
         value = config.get(key)
         if isinstance(value, list) and len(value) == L:
             config[key] = [value[s] for s in layer_map]
-    maps = {"layers": list(layer_map), "new_layers": sorted(new_layers), "tensor_sources": sources}
+    maps = {"layers": list(layer_map), "new_layers": sorted(new_layers)}
     return Transform(Plan([ckpt], steps), config, exact, notes, maps)
 
 
@@ -167,8 +163,6 @@ def describe_map(layer_map: list[int]) -> str:
 
 def parse_layer_map(spec: Any, num_layers: int, source: Any = None) -> list[int]:
     """'0-5,0-5,3,4' (inclusive ranges, descending allowed) or a list of ints -> indices."""
-    from warmstart.inputs import MAX_LAYERS
-
     if isinstance(spec, (list, tuple)):
         items = list(spec)
         if len(items) > MAX_LAYERS:

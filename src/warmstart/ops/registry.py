@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from warmstart.errors import WarmstartError
+from warmstart.arch.spec import describe
+from warmstart.errors import ParamError, SpecError, WarmstartError
+from warmstart.plan import PlannedCheckpoint, compose
+from warmstart.registry import Registry
 
 
 @dataclass
@@ -26,80 +29,84 @@ class Transform:
     config: dict  # the output's config.json
     exact: bool | None = None  # True: function-preserving by construction; False: approximate; None: not applicable
     notes: list[str] = field(default_factory=list)
-    maps: dict[str, Any] = field(default_factory=dict)  # e.g. layer map, unit maps: for optimizer-state carry-over
+    maps: dict[str, Any] = field(default_factory=dict)  # what the operation did: layer map, unit maps
+    step_maps: list[dict[str, Any]] = field(default_factory=list)  # in a chain: each step's maps, in order
 
 
 @dataclass(frozen=True)
 class Operation:
     name: str
-    kind: str  # "depth", "width" or "shrink"
+    kind: str  # "depth", "width", "shrink" ...
     fn: Callable[..., Transform]
     summary: str
 
 
-OPERATIONS: dict[str, Operation] = {}
+OPERATIONS: Registry[Operation] = Registry("method", package="warmstart.ops")
 
 
 def register(name: str, kind: str, summary: str = ""):
     """Decorator: make `fn(model, **params) -> Transform` available as `name`."""
-
-    def wrap(fn):
-        if name in OPERATIONS:
-            raise ValueError(f"operation {name!r} registered twice")
-        OPERATIONS[name] = Operation(name, kind, fn, summary or (fn.__doc__ or "").strip().splitlines()[0])
-        return fn
-
-    return wrap
+    return OPERATIONS.decorator(
+        name, lambda fn: Operation(name, kind, fn, summary or (fn.__doc__ or "").strip().splitlines()[0]))
 
 
 def load_all() -> dict[str, Operation]:
     """Import every operation module so that its registrations run."""
-    import importlib
-    import pkgutil
+    return OPERATIONS.load()
 
-    import warmstart.ops as ops
 
-    for info in pkgutil.iter_modules(ops.__path__):
-        if info.name != "registry":
-            importlib.import_module(f"warmstart.ops.{info.name}")
-    return OPERATIONS
+def names(kind: str | None = None) -> list[str]:
+    return OPERATIONS.names(None if kind is None else (lambda o: o.kind == kind))
 
 
 def get(name: str, kind: str | None = None) -> Operation:
-    load_all()
-    op = OPERATIONS.get(name)
-    if op is None or (kind is not None and op.kind != kind):
-        names = sorted(n for n, o in OPERATIONS.items() if kind is None or o.kind == kind)
-        raise WarmstartError(f"unknown {kind or ''} method {name!r}; available: {', '.join(names)}".replace("  ", " "))
-    return op
+    return OPERATIONS.get(name, kind=kind, where=None if kind is None else (lambda o: o.kind == kind))
 
 
 def apply(model, name: str, **params) -> Transform:
     return get(name).fn(model, **params)
 
 
-def chain(model, steps: list[tuple[str, dict]]) -> Transform:
+def chain(model, steps: list[tuple[str, dict]], *, where: str | Callable[[int], str] = "steps",
+          path=None, error: type[WarmstartError] = SpecError) -> Transform:
     """Apply operations one after another, planning each against the previous result.
 
-    Returns one Transform whose plan reads only the original checkpoint.
+    The only loop over a chain's steps: ``grow``, ``shrink``, ``run`` and the
+    bench all come here. Returns one Transform whose plan reads only the
+    original checkpoint; each output tensor's step keeps its provenance
+    (:class:`~warmstart.plan.Origin`) through :func:`~warmstart.plan.compose`.
+    An error names its step as ``steps[i].param`` (`where` gives the
+    ``steps[i]`` part), raised as `error` with `path` (the recipe), or with the
+    path the operation named.
     """
-    from warmstart.arch.spec import describe
-    from warmstart.plan import PlannedCheckpoint, compose
-
     if not steps:
-        raise WarmstartError("empty chain of operations")
+        raise error("empty chain of operations", path)
+    at = where if callable(where) else (lambda i: f"{where}[{i}]")
     current = model
     total = None
     notes: list[str] = []
+    step_maps: list[dict] = []
     exact: bool | None = None
     for i, (name, params) in enumerate(steps):
-        t = apply(current, name, **params)
+        try:
+            get(name)
+        except WarmstartError as err:
+            raise error(f"{at(i)}.op: {err.message}", path) from None
+        try:
+            OPERATIONS.validate(name, params)
+            t = apply(current, name, **params)
+        except ParamError as err:
+            raise error(f"{at(i)}.{err.param}: {err.message}", path if path is not None else err.path) from None
+        except WarmstartError as err:
+            raise error(f"{at(i)} ({name}): {err.message}", path if path is not None else err.path) from None
         notes += [f"{name}: {n}" for n in t.notes]
         if t.exact is not None:
             exact = t.exact if exact is None else (exact and t.exact)
         total = t if total is None else Transform(compose(t.plan, total.plan), t.config, exact, notes, t.maps)
+        step_maps.append(t.maps)
         if i + 1 < len(steps):
             current = describe(PlannedCheckpoint(total.plan, t.config, f"<after {name}>"))
     total.notes = notes
     total.exact = exact
+    total.step_maps = step_maps
     return total

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from warmstart.errors import CheckpointError, WarmstartError
+from warmstart.inputs import check_width
+from warmstart.ops.registry import Transform
+from warmstart.plan import Plan, Ref, Step, copy_step
 
 HIDDEN, INTER, HEADS, KV = "hidden", "intermediate", "heads", "kv_heads"
 SPACES = (HIDDEN, INTER, HEADS, KV)
@@ -249,8 +252,6 @@ def resolve_targets(model, method: str, *, hidden=None, intermediate=None, heads
                 other = "select (warmstart shrink)" if grow else "hyperclone or net2net (warmstart grow)"
                 raise WarmstartError(f"{method}: target {key} {value} is {relation} than the source's {old}; "
                                      f"{method} only {'grows' if grow else 'shrinks'} (use {other})", src)
-    from warmstart.inputs import check_width
-
     check_width(model, {k: v for k, v in explicit.items() if v is not None}, method)
     if mult is not None:
         if isinstance(mult, bool):
@@ -484,8 +485,6 @@ def build_plan(model, spec: WidthSpec):
     Buffers are copied; tensors of unknown role are copied when no axis has a
     size the operation changes, and refused otherwise.
     """
-    from warmstart.plan import Plan, Ref, Step, copy_step
-
     ckpt, layout, fam, maps = model.checkpoint, model.layout, model.family, spec.maps
     src = ckpt.path
     changed_sizes = {m.source * m.unit for m in maps.values() if not m.is_identity}
@@ -568,8 +567,6 @@ def output_config(model, targets: Targets, untie: bool) -> dict:
 
 def width_transform(model, targets: Targets, spec: WidthSpec, exact: bool):
     """Plan, config, notes and maps of a width operation."""
-    from warmstart.ops.registry import Transform
-
     plan, untie = build_plan(model, spec)
     kv = "kv_heads" in model.family.fields
     notes = [", ".join(targets.changes(model.dims, kv)) + f" (head_dim {model.dims.head_dim} kept)"]

@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.inputs import read_text
 from warmstart.schedules.phases import Warmup
+from warmstart.schedules.plot import save_figure
 from warmstart.schedules.spec import Schedule
 
 LOSS_KEYS = ("eval_loss", "loss", "train_loss")
@@ -72,8 +74,6 @@ def read_log(path: str | os.PathLike, loss_key: str | None = None) -> LossLog:
     ``eval_loss``, ``loss``, ``train_loss`` that any row has; rows without
     it (e.g. steps with no evaluation) are skipped, NaN values are errors.
     """
-    from warmstart.inputs import read_text
-
     p = Path(path)
     text = read_text(p, "log file", 256 * 1024 * 1024)
     rows: list[tuple[int, dict]] = []
@@ -517,8 +517,6 @@ def plot_prediction(pred: Prediction, out: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from warmstart.schedules.plot import save_figure
 
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(pred.log.steps, pred.log.losses, ".", ms=3, color="0.5", label=f"logged {pred.log.loss_key}")

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from warmstart.errors import OutputExists, WarmstartError
+from warmstart.checkpoint import atomic
+from warmstart.errors import WarmstartError
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 def check_output(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing output unless ``force``; the folder must exist."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExists("exists; pass --force to overwrite", out)
-    if out.exists() and out.is_dir():
-        raise WarmstartError("is a directory", out)
-    if not out.parent.is_dir():
-        raise WarmstartError("the output folder does not exist", out.parent)
+    """Refuse an existing figure unless ``force``, and a file name whose extension is not a figure format."""
+    out = atomic.check_output(out, force, kind="file")
+    figure_format(out)
     return out
 
 
-def save_figure(fig, out: str | os.PathLike, fmt: str = "png") -> None:
-    """Write ``fig`` to a temporary file next to ``out``, then rename it into place."""
+def figure_format(out: Path) -> str:
+    """The format a figure is written in follows its extension (PNG, PDF or SVG)."""
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise WarmstartError(f"cannot tell the figure format from {out.suffix or 'no extension'!r}; "
+                             f"end the name with {', '.join('.' + f for f in FIGURE_FORMATS)}", out)
+    return fmt
+
+
+def save_figure(fig, out: str | os.PathLike, force: bool = True, dpi: int = 120) -> None:
+    """Write ``fig`` atomically, in the format of the file's extension."""
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = figure_format(out)
+    with atomic.atomic_file(out, force) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
 
 
 # A figure is a few hundred pixels wide: more points than this are sampled

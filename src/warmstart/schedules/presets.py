@@ -20,7 +20,7 @@ from warmstart.schedules.phases import (
     check_int_at_least,
     check_ratio,
 )
-from warmstart.schedules.spec import Schedule
+from warmstart.schedules.schedule import Schedule
 
 
 def _split(total, warmup, *, need_after: int = 1) -> tuple[int, int]:

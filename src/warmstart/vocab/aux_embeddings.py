@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from warmstart.assets import cache_dir
+from warmstart.checkpoint.atomic import replacing
 from warmstart.errors import WarmstartError
+from warmstart.inputs import open_regular, require_regular_file
 
 AUX_FORMAT = 1  # bump when the training recipe changes, so old caches are not reused
 CHUNK_CHARS = 2000
@@ -48,8 +50,6 @@ SNIFF_BYTES = 1 << 20
 
 def check_corpus(files: Sequence[str | Path]) -> list[Path]:
     """The corpus files: each a readable regular file of UTF-8 text, holding some text in all."""
-    from warmstart.inputs import require_regular_file
-
     paths = [Path(f) for f in files]
     if not paths:
         raise CorpusError("no corpus files given (--corpus FILE ...)")
@@ -67,8 +67,6 @@ def check_corpus(files: Sequence[str | Path]) -> list[Path]:
 
 def _check_text(path: Path) -> None:
     """Refuse a corpus file that is not text (random bytes, a binary, another encoding)."""
-    from warmstart.inputs import open_regular
-
     with open_regular(path, "corpus file", CorpusError) as f:
         head = f.read(SNIFF_BYTES)
     text = head.decode("utf-8", errors="replace")
@@ -84,8 +82,6 @@ def _check_text(path: Path) -> None:
 
 
 def _read(path: Path) -> str:
-    from warmstart.inputs import open_regular
-
     try:
         with open_regular(path, "corpus file", CorpusError) as f:
             return f.read().decode("utf-8", errors="replace")
@@ -137,15 +133,8 @@ def _workers() -> int:
 
 
 def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def token_vectors(vocab, files: Sequence[str | Path], *, dim: int = 100, epochs: int = 5, window: int = 5,
@@ -157,8 +146,6 @@ def token_vectors(vocab, files: Sequence[str | Path], *, dim: int = 100, epochs:
     """
     import gensim
     from gensim.models import FastText
-
-    from warmstart.assets import cache_dir
 
     paths = check_corpus(files)
     settings = f"fasttext-tokens v{AUX_FORMAT} dim={dim} epochs={epochs} window={window} seed={seed} gensim={gensim.__version__.split('.')[0]}"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.inputs import MAX_VOCAB, require_regular_file
 
 ROLES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 SPIECE_SPACE = "\u2581"  # ▁
@@ -47,8 +48,6 @@ def load_tokenizer(path: str | Path):
     if not p.exists():
         raise TokenizerError("no such tokenizer (expected a directory or a tokenizer.json file)", p)
     if not p.is_dir():
-        from warmstart.inputs import require_regular_file
-
         require_regular_file(p, "tokenizer file", TokenizerError)
     try:
         if p.is_file():
@@ -76,8 +75,6 @@ def load_tokenizer(path: str | Path):
 
 def check_token_ids(tokenizer, path=None) -> None:
     """Refuse a token id past the vocabulary limit: every id up to the largest becomes an embedding row."""
-    from warmstart.tokenizer_train import MAX_VOCAB
-
     vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
     if vocab and max(vocab.values()) >= MAX_VOCAB:
         big = max(vocab, key=vocab.get)

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.registry import Registry
+from warmstart.vocab.aux_embeddings import read_vec, token_vectors
 from warmstart.vocab.match import Match, Vocab, retokenize
 
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
@@ -132,25 +134,17 @@ class Method:
     summary: str
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("vocabulary method")
 
 
 def register(name: str, needs: tuple[str, ...] = (), summary: str = ""):
     """Decorator: make `fn(ctx) -> Init` available as method `name`."""
-
-    def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"vocabulary method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, needs, summary or (fn.__doc__ or "").strip().splitlines()[0])
-        return fn
-
-    return wrap
+    return METHODS.decorator(
+        name, lambda fn: Method(name, fn, needs, summary or (fn.__doc__ or "").strip().splitlines()[0]))
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise WarmstartError(f"unknown vocabulary method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.get(name)
 
 
 def _bar(ctx: Context, total: int, desc: str):
@@ -294,8 +288,6 @@ def fvt_method(ctx: Context) -> Init:
 
 
 def _aux(ctx: Context):
-    from warmstart.vocab.aux_embeddings import token_vectors
-
     aux = token_vectors(ctx.new, ctx.corpus, dim=int(ctx.option("aux_dim", 100)),
                         epochs=int(ctx.option("aux_epochs", 5)), seed=ctx.seed, progress=ctx.progress)
     ctx.timings["aux_training_s"] = aux.seconds
@@ -477,8 +469,6 @@ def check_aligned(src: Path, tgt: Path, src_words, src_vecs, tgt_words, tgt_vecs
 def wechsel_method(ctx: Context) -> Init:
     """WECHSEL: each new token is a softmax-weighted mix of its nearest old tokens in aligned word-vector space."""
     import torch
-
-    from warmstart.vocab.aux_embeddings import read_vec
 
     src, tgt = ctx.aligned
     limit = int(ctx.option("max_words", 200_000))

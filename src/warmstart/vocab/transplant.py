@@ -23,7 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from warmstart.arch import open_model
+from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.writer import check_output
 from warmstart.errors import WarmstartError
+from warmstart.plan import Plan, Ref, Step, copy_step, execute
+from warmstart.vocab.aux_embeddings import check_corpus
 from warmstart.vocab.match import TokenizerError, Vocab, load_tokenizer, match_vocabs, vocab_of
 from warmstart.vocab.methods import Context, Init, get_method
 
@@ -67,8 +72,6 @@ def _old_tokenizer(model_dir: Path):
 
 def donor_vectors(donor_dir: str | Path, new: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """The donor model's input-embedding row for every new token it knows (by canonical form)."""
-    from warmstart.arch import open_model
-
     donor_dir = Path(donor_dir)
     dm = open_model(donor_dir)
     dv = vocab_of(_old_tokenizer(donor_dir), dm.config)
@@ -196,16 +199,10 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                seed: int = 0, force: bool = False, dtype: str | None = None, max_shard_bytes: int | None = None,
                progress: bool = False) -> TransplantReport:
     """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`."""
-    from warmstart.arch import open_model
-    from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
-    from warmstart.checkpoint.writer import check_output
-    from warmstart.plan import Plan, Ref, Step, copy_step, execute
-    from warmstart.vocab.aux_embeddings import check_corpus
-
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
     meth = get_method(method)
-    out = check_output(out, force)
+    out = check_output(out, force, [model_dir, tokenizer, *corpus, donor, *(aligned or ())])
     model_dir = Path(model_dir)
     code = parse_user_dtype(dtype)
     model = open_model(model_dir)

@@ -32,9 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from warmstart.checkpoint.dtypes import torch_to_code
+from warmstart.checkpoint.safetensors_format import read_header
+from warmstart.checkpoint.writer import OutputTensor, write_shard
 from warmstart.errors import WarmstartError
+from warmstart.ops.depth import Zeros
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
 OUTPUT_NAME = "optimizer_state.safetensors"
@@ -73,8 +77,6 @@ def load_state(path: str | Path) -> OptimizerState:
 
 
 def _load_safetensors(path: Path) -> OptimizerState:
-    from warmstart.checkpoint.safetensors_format import read_header
-
     infos, _ = read_header(path)
     state = OptimizerState(path)
     for name, info in infos.items():
@@ -90,7 +92,6 @@ def _load_safetensors(path: Path) -> OptimizerState:
 def _load_torch(path: Path) -> OptimizerState:
     import torch
 
-    from warmstart.checkpoint.dtypes import torch_to_code
 
     try:
         try:  # memory-mapped where the file format allows, so moments are read on demand
@@ -131,34 +132,6 @@ def _check_complete(state: OptimizerState) -> None:
             raise WarmstartError(f"parameter {param!r} has no {missing[0]} in the optimizer state", state.path)
 
 
-def chain_sources(model, steps: list[tuple[str, dict]]) -> dict[str, tuple[str, bool]]:
-    """{output tensor: (source tensor, is_new)} through a chain of layer-map operations.
-
-    Each operation is planned against the previous one's (planned) output,
-    as :func:`warmstart.ops.registry.chain` does; only names and shapes are
-    read.
-    """
-    from warmstart.arch.spec import describe
-    from warmstart.ops import registry
-    from warmstart.plan import PlannedCheckpoint
-
-    current = model
-    mapping: dict[str, tuple[str, bool]] | None = None
-    for name, params in steps:
-        t = registry.apply(current, name, **params)
-        sources = t.maps.get("tensor_sources")
-        if sources is None:
-            raise WarmstartError(
-                f"--optimizer-state: AdamW moments can be carried through layer maps (depth operations and drop) "
-                f"only; {name} changes the widths, whose moments have no exact counterpart")
-        if mapping is None:
-            mapping = dict(sources)
-        else:
-            mapping = {out: (mapping[s][0], new or mapping[s][1]) for out, (s, new) in sources.items()}
-        current = describe(PlannedCheckpoint(t.plan, t.config, f"<after {name}>"))
-    return mapping or {}
-
-
 @dataclass
 class CarryPlan:
     tensors: list  # OutputTensor for the output file
@@ -166,11 +139,13 @@ class CarryPlan:
     fresh: int = 0  # parameters of new blocks: zero moments, step 0
 
 
-def plan_carry(model, steps: list[tuple[str, dict]], state: OptimizerState) -> CarryPlan:
-    """Which moment goes where; checks every name and shape before anything is written."""
-    from warmstart.checkpoint.writer import OutputTensor
-    from warmstart.ops.depth import Zeros
+def plan_carry(model, transform, state: OptimizerState, ops: Sequence[str] = ()) -> CarryPlan:
+    """Which moment goes where, read off the chain's plan provenance; checks every name and shape first.
 
+    `transform` is the whole chain (:func:`warmstart.ops.registry.chain`):
+    a tensor copied from a source tensor gets that tensor's moments, a fresh
+    one zero moments; a computed one (a width operation) has no counterpart.
+    """
     ckpt = model.checkpoint
     names = set(ckpt.names())
     for param, moments in state.params.items():
@@ -182,15 +157,23 @@ def plan_carry(model, steps: list[tuple[str, dict]], state: OptimizerState) -> C
             if moments[key].shape != shape:
                 raise WarmstartError(f"{param}.{key} has shape {list(moments[key].shape)}, the parameter has "
                                      f"{list(shape)}", state.path)
-    sources = chain_sources(model, steps)
     plan = CarryPlan([])
-    for out, (src, new) in sources.items():
-        moments = state.params.get(src)
+    for step in transform.plan.steps:
+        origin = step.provenance
+        if origin.kind == "transform":
+            raise WarmstartError(
+                "--optimizer-state: AdamW moments can be carried through layer maps (depth operations and drop) "
+                f"only; {' -> '.join(ops) or 'this chain'} changes the widths ({step.name} is computed), whose "
+                "moments have no exact counterpart")
+        if origin.ref is None:
+            continue  # a fresh tensor with no counterpart in the source: the optimizer starts it from zero anyway
+        moments = state.params.get(origin.ref.name)
         if moments is None:
             continue  # a buffer or a parameter the optimizer did not train
+        new = origin.kind == "fresh"
         for key in STATE_KEYS:
             e = moments[key]
-            name = f"{out}.{key}"
+            name = f"{step.name}.{key}"
             if new:
                 plan.tensors.append(OutputTensor(name, e.dtype, e.shape, compute=Zeros(e.shape, e.dtype)))
             elif e.copy_from is not None:
@@ -208,8 +191,6 @@ def plan_carry(model, steps: list[tuple[str, dict]], state: OptimizerState) -> C
 
 def write_carry(directory: Path, plan: CarryPlan, progress: bool = False) -> Path:
     """Write the carried state as OUTPUT_NAME into `directory` (streaming, one tensor at a time)."""
-    from warmstart.checkpoint.writer import write_shard
-
     path = Path(directory) / OUTPUT_NAME
     bar = None
     if progress:

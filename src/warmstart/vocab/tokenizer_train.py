@@ -14,11 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from warmstart.checkpoint.writer import atomic_directory, check_output
 from warmstart.errors import WarmstartError
+from warmstart.inputs import MAX_VOCAB
+from warmstart.vocab.aux_embeddings import check_corpus, text_chunks
+from warmstart.vocab.match import load_tokenizer
 
 DEFAULT_SPECIAL = "<|endoftext|>"
-# The largest vocabulary trained: 16.7M, 16 times the largest real ones.
-MAX_VOCAB = 2**24
 
 
 def _byte_level_bpe():
@@ -38,16 +40,12 @@ def _byte_level_bpe():
 def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: int, *, like: str | Path | None = None,
                     force: bool = False, progress: bool = False):
     """Train on `corpus` and save to `out`; returns the trained transformers tokenizer."""
-    from warmstart.checkpoint.writer import atomic_directory, check_output
-    from warmstart.vocab.aux_embeddings import check_corpus, text_chunks
-    from warmstart.vocab.match import load_tokenizer
-
     if vocab_size < 1:
         raise WarmstartError(f"--vocab-size must be positive, got {vocab_size}")
     if vocab_size > MAX_VOCAB:
         raise WarmstartError(f"--vocab-size {vocab_size} is larger than the limit of {MAX_VOCAB} "
                              f"(the tokenizer library aborts on sizes it cannot allocate)")
-    out = check_output(out, force)
+    out = check_output(out, force, [*corpus, *([like] if like is not None else [])])
     paths = check_corpus(corpus)
     base = load_tokenizer(like) if like is not None else _byte_level_bpe()
     try:
@@ -55,6 +53,6 @@ def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: i
     except Exception as err:  # the trainers reject settings with plain exceptions
         raise WarmstartError(f"tokenizer training failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                              like) from err
-    with atomic_directory(out, force) as tmp:
+    with atomic_directory(out, force, [*corpus, *([like] if like is not None else [])]) as tmp:
         trained.save_pretrained(str(tmp))
     return trained
