@@ -122,6 +122,28 @@ def decode_text(data: bytes, path, what: str = "file", error: type[WarmstartErro
         raise error(f"{what} is not valid UTF-8 text (byte {err.start})", path) from None
 
 
+# A file is text when, in its first MiB, at most this share of the characters
+# are undecodable bytes, NULs or control characters (a stray bad byte in a real
+# text is tolerated; random bytes are about half bad).
+MAX_JUNK_SHARE = 0.01
+SNIFF_BYTES = 1 << 20
+
+
+def check_text_file(path: str | os.PathLike, what: str = "file", error: type[WarmstartError] = WarmstartError) -> None:
+    """Refuse a file that is not UTF-8 text (random bytes, a binary, another encoding), from its first MiB."""
+    with open_regular(path, what, error) as f:
+        head = f.read(SNIFF_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == SNIFF_BYTES:
+        text = text[:-4]  # a character cut at the sniff boundary is not junk
+    if not text:
+        return
+    junk = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r\f\v"))
+    if junk > MAX_JUNK_SHARE * len(text):
+        raise error(f"{what} is not UTF-8 text ({junk} of its first {len(text)} characters are undecodable "
+                    f"bytes or control characters)", path)
+
+
 def check_elements(count: int | float, what: str, path=None, limit: int | None = None) -> int:
     """Refuse an allocation of `count` elements above the limit, naming what asked for it."""
     limit = max_elements() if limit is None else limit

@@ -629,3 +629,14 @@ def test_pickle_that_is_not_a_state_dict(tiny_llama, tmp_path, capsys):
     shutil.copy(tiny_llama / "config.json", d)
     torch.save({"model": load_file(str(tiny_llama / "model.safetensors")), "step": 3}, d / "pytorch_model.bin")
     refused(capsys, ["convert", d, tmp_path / "o", "--quiet"], "not a state dict", named=d / "pytorch_model.bin")
+
+
+def test_bench_corpus_of_random_bytes(tmp_path, capsys):
+    rand = tmp_path / "random.txt"
+    rand.write_bytes(np.random.default_rng(1).bytes(20_000))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("corpus: random.txt\nmodel: {hidden: 32, layers: 2, heads: 4, seq_len: 16}\n"
+                      "train: {steps: 2, batch_size: 2}\narms: [{name: scratch}]\n")
+    out = tmp_path / "bench-out"
+    refused(capsys, ["bench", recipe, "--out", out, "--quiet"], "not UTF-8 text", named=rand)
+    assert not out.exists()

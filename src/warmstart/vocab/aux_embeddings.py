@@ -31,7 +31,7 @@ import numpy as np
 from warmstart.assets import cache_dir
 from warmstart.checkpoint.atomic import replacing
 from warmstart.errors import WarmstartError
-from warmstart.inputs import open_regular, require_regular_file
+from warmstart.inputs import check_text_file, open_regular, require_regular_file
 
 AUX_FORMAT = 1  # bump when the training recipe changes, so old caches are not reused
 CHUNK_CHARS = 2000
@@ -39,13 +39,6 @@ CHUNK_CHARS = 2000
 
 class CorpusError(WarmstartError):
     """A corpus file that is missing, unreadable or empty."""
-
-
-# A corpus file is text when, in its first MiB, at most this share of the
-# characters are undecodable bytes, NULs or control characters (a stray bad
-# byte in a real text is tolerated; random bytes are about half bad).
-MAX_JUNK_SHARE = 0.01
-SNIFF_BYTES = 1 << 20
 
 
 def check_corpus(files: Sequence[str | Path]) -> list[Path]:
@@ -59,26 +52,10 @@ def check_corpus(files: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             raise CorpusError("corpus file is a directory; give the text files inside it", p)
         require_regular_file(p, "corpus file", CorpusError)
-        _check_text(p)
+        check_text_file(p, "corpus file", CorpusError)
     if not any(_read(p).strip() for p in paths):
         raise CorpusError("corpus is empty (no text in any file)", paths[0])
     return paths
-
-
-def _check_text(path: Path) -> None:
-    """Refuse a corpus file that is not text (random bytes, a binary, another encoding)."""
-    with open_regular(path, "corpus file", CorpusError) as f:
-        head = f.read(SNIFF_BYTES)
-    text = head.decode("utf-8", errors="replace")
-    if len(head) == SNIFF_BYTES:
-        text = text[:-4]  # a character cut at the sniff boundary is not junk
-    if not text:
-        return
-    junk = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r\f\v"))
-    if junk > MAX_JUNK_SHARE * len(text):
-        raise CorpusError(
-            f"corpus file is not UTF-8 text ({junk} of its first {len(text)} characters are undecodable "
-            f"bytes or control characters)", path)
 
 
 def _read(path: Path) -> str:
@@ -211,8 +188,9 @@ WORD_RE = re.compile(r"\w+|[^\w\s]+")
 def read_vec(path: str | Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
     """Words and vectors of a text ``.vec`` file (optional "COUNT DIM" header line)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise WarmstartError("no such word-vector file", p)
+    require_regular_file(p, "word-vector file")
     words: list[str] = []
     rows: list[np.ndarray] = []
     dim = None
