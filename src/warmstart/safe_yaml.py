@@ -96,6 +96,8 @@ def parse_yaml(text: str, path: str | os.PathLike | None = None, error: type[War
         raise error(f"not valid YAML{where}: {problem}", path) from None
     except RecursionError:
         raise error("YAML document is nested too deeply", path) from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. an integer of 5000 digits, a bad timestamp
+        raise error(f"not valid YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}", path) from None
     finally:
         loader.dispose()
 

@@ -640,3 +640,17 @@ def test_bench_corpus_of_random_bytes(tmp_path, capsys):
     out = tmp_path / "bench-out"
     refused(capsys, ["bench", recipe, "--out", out, "--quiet"], "not UTF-8 text", named=rand)
     assert not out.exists()
+
+
+def test_more_junk(tiny_llama, tmp_path, capsys):
+    big = tmp_path / "bigint.yaml"
+    big.write_text("model: " + "9" * 5000 + "\n")  # PyYAML raises ValueError building this int
+    refused(capsys, ["run", big], "not valid YAML", named=big)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(tiny_llama / "config.json", empty)
+    (empty / "model.safetensors").write_bytes(struct.pack("<Q", 8) + b"{}      ")
+    refused(capsys, ["convert", empty, tmp_path / "o", "--quiet"], "no tensors", out=tmp_path / "o", named=empty)
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(np.random.default_rng(2).bytes(5000))
+    refused(capsys, ["verify", tiny_llama, tiny_llama, "--text", junk], "not UTF-8 text", named=junk)

@@ -95,6 +95,8 @@ class Checkpoint:
             raise CheckpointError("corrupt config.json: not a JSON object", self.path / "config.json")
         self._bin_cache: dict[Path, dict[str, Any]] = {}
         self.format, self.tensors = self._scan()
+        if not self.tensors:
+            raise CheckpointError("the weights hold no tensors", self.path)
 
     # -- discovery ---------------------------------------------------------
     def _scan(self) -> tuple[str, dict[str, TensorInfo]]:

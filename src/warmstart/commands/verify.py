@@ -29,8 +29,9 @@ def run(args) -> int:
 
     text = None
     if args.text is not None:
-        from warmstart.inputs import read_bytes
+        from warmstart.inputs import check_text_file, read_bytes
 
+        check_text_file(Path(args.text), "text file")
         text = read_bytes(Path(args.text), "text file", 64 * 1024 * 1024).decode("utf-8", errors="replace")
     report = compare(args.source, args.grown, text=text, max_tokens=args.max_tokens)
     if args.json:
