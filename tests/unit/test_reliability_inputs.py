@@ -654,3 +654,18 @@ def test_more_junk(tiny_llama, tmp_path, capsys):
     junk = tmp_path / "junk.txt"
     junk.write_bytes(np.random.default_rng(2).bytes(5000))
     refused(capsys, ["verify", tiny_llama, tiny_llama, "--text", junk], "not UTF-8 text", named=junk)
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--aux-epochs", 10**9, "limit"), ("--aux-dim", 10**9, "limit"), ("--k", 10**9, "limit"),
+    ("--temperature", "nan", "finite"), ("--temperature", "-1", "> 0"), ("--aux-dim", 0, ">= 1"),
+])
+def test_vocab_options_bounded(flag, value, words, tmp_path, capsys):
+    model = build_tiny("llama", tmp_path / "m")
+    _word_tokenizer(model / "tokenizer.json")
+    new = _word_tokenizer(tmp_path / "new.json", swap=True)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("w1 w2 w3 w4\n" * 50)
+    out = tmp_path / "v"
+    refused(capsys, ["vocab", model, out, "--tokenizer", new, "--method", "focus", "--corpus", corpus, flag, value],
+            flag, words, out=out)
