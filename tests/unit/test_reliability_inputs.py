@@ -669,3 +669,20 @@ def test_vocab_options_bounded(flag, value, words, tmp_path, capsys):
     out = tmp_path / "v"
     refused(capsys, ["vocab", model, out, "--tokenizer", new, "--method", "focus", "--corpus", corpus, flag, value],
             flag, words, out=out)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda r: r.update(seeds=10**9), "seeds"),
+    (lambda r: r["train"].update(steps=10**12), "train.steps"),
+    (lambda r: r["model"].update(seq_len=10**9), "activations"),
+    (lambda r: r.update(tokenizer={"vocab_size": 2**31}), "tokenizer.vocab_size"),
+])
+def test_bench_recipe_counts_bounded(edit, words, tmp_path):
+    from warmstart.bench import recipe as R
+
+    recipe = {"model": {"hidden": 32, "layers": 2, "heads": 4, "seq_len": 16},
+              "train": {"steps": 2, "batch_size": 2}, "arms": [{"name": "scratch"}]}
+    edit(recipe)
+    with pytest.raises(R.RecipeError) as info:
+        R.parse(recipe, "r.yaml")
+    assert words in info.value.line() and "limit" in info.value.line()

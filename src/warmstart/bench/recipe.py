@@ -296,6 +296,12 @@ def base_dir(recipe: Recipe) -> Path:
     return recipe._base or Path.cwd()
 
 
+# A bench is a measurement on a small model: a billion steps or a thousand
+# seeds is a typo, and each step keeps a row of the curves in memory.
+MAX_STEPS = 10**9
+MAX_SEEDS = 1000
+
+
 def model_elements(model: ModelSpec, vocab_size: int) -> int:
     """Parameters of a recipe's Llama model (embeddings, attention, MLP), from its sizes alone."""
     h, inter = model.hidden, model.intermediate or 3 * model.hidden
@@ -309,6 +315,17 @@ def check_sizes(recipe: Recipe) -> None:
     if recipe.tokenizer.vocab_size > MAX_VOCAB:
         raise RecipeError(f"tokenizer.vocab_size: {recipe.tokenizer.vocab_size} is larger than the limit of "
                           f"{MAX_VOCAB}")
+    if recipe.seeds > MAX_SEEDS:
+        raise RecipeError(f"seeds: {recipe.seeds} is larger than the limit of {MAX_SEEDS}")
+    budgets = [("train", recipe.train)] + [(f"sources.{k}", s) for k, s in recipe.sources.items()] + \
+        [(f"arms[{i}]", a) for i, a in enumerate(recipe.arms)]
+    for where, budget in budgets:
+        if budget.steps is None and budget.tokens is None:
+            continue
+        steps = recipe.steps_of(budget, where)
+        if steps > MAX_STEPS:
+            field = "steps" if budget.steps is not None else "tokens"
+            raise RecipeError(f"{where}.{field}: {steps} steps is more than the limit of {MAX_STEPS}")
     vocab = recipe.tokenizer.vocab_size
     seq = recipe.model.seq_len or 128
     for where, model in [("model", recipe.model)] + [(f"sources.{k}.model", s.model)
