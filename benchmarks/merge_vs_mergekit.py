@@ -3,7 +3,7 @@
 Three copies of the real SmolLM2-135M-Instruct (fp32) are made, each with
 its own Gaussian noise (1% of every tensor's standard deviation; seeds 1, 2,
 3), so the mean is a real computation. Both tools merge them into fp32:
-warmstart with ``warmstart merge OUT A B C --method mean``, mergekit with its
+warmstart with ``warmstart merge A B C OUT --method mean``, mergekit with its
 ``linear`` method (weight 1 each, normalized) through ``mergekit-yaml``.
 
 Each run is its own process under ``/usr/bin/time -v`` (wall time and peak
@@ -119,7 +119,7 @@ def main() -> int:
         recipe.write_text("merge_method: linear\ndtype: float32\nmodels:\n" + "".join(
             f"  - model: {p}\n    parameters:\n      weight: 1.0\n" for p in inputs))
         ours_out, theirs_out = work / "ours", work / "theirs"
-        ours = [sys.executable, "-m", "warmstart.cli", "merge", str(ours_out), *map(str, inputs),
+        ours = [sys.executable, "-m", "warmstart.cli", "merge", *map(str, inputs), str(ours_out),
                 "--method", "mean", "--quiet", "--force"]
         theirs = mergekit_command(venv) + [str(recipe), str(theirs_out), "--copy-tokenizer", "--quiet"]
         theirs_1 = theirs + ["--num-threads", "1"]

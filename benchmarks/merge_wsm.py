@@ -13,7 +13,7 @@ Shakespeare corpus, a 2048-token BPE trained here):
   ``window`` steps decay the learning rate to 0 with ``--shape``; it resumes
   from the constant run's saved state at step T - window (the two are the
   same run up to there), so its first steps are not recomputed.
-- **wsm**: ``warmstart merge --method wsm --wsm-shape SHAPE --steps ...`` over
+- **wsm**: ``warmstart merge --method wsm --wsm-shape SHAPE --input-steps ...`` over
   the constant run's window checkpoints (oldest = step T - window).
 - **mean**: a plain ``mean`` of the same window, for reference.
 
@@ -163,9 +163,9 @@ def main() -> int:
                 shutil.copy2(tok_root / "tokenizer.json", c / "tokenizer.json")
             steps_arg = ",".join(map(str, window_steps))
             out_wsm, out_mean = work / f"s{seed}-wsm", work / f"s{seed}-mean"
-            rc = cli(["merge", str(out_wsm), *map(str, ckpts), "--method", "wsm", "--wsm-shape", args.shape,
-                      "--steps", steps_arg, "--quiet", "--force"])
-            rc |= cli(["merge", str(out_mean), *map(str, ckpts), "--method", "mean", "--quiet", "--force"])
+            rc = cli(["merge", *map(str, ckpts), str(out_wsm), "--method", "wsm", "--wsm-shape", args.shape,
+                      "--input-steps", steps_arg, "--quiet", "--force"])
+            rc |= cli(["merge", *map(str, ckpts), str(out_mean), "--method", "mean", "--quiet", "--force"])
             if rc:
                 print("merge failed", file=sys.stderr)
                 return 1

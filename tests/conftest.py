@@ -110,3 +110,14 @@ def real_text(shakespeare_dir) -> str:
     if start < 0:
         start = len(text) // 2
     return text[start:start + 2000]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is faster than two fighting over a shared machine's cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

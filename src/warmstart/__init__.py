@@ -9,3 +9,20 @@ imported by the modules that compute with them.
 """
 
 __version__ = "0.1.0"
+
+API = ("convert", "import_gguf", "chain", "grow", "shrink", "run", "merge", "vocab", "tokenizer_train", "inspect",
+       "verify", "compare", "bench")
+
+
+def __getattr__(name: str):
+    """``warmstart.grow(...)`` and the rest of :mod:`warmstart.api`, imported on first use (importing warmstart
+    stays cheap)."""
+    if name in API:
+        from warmstart import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'warmstart' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *API])

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from warmstart import __version__
+from warmstart.checkpoint import atomic
 from warmstart.checkpoint.atomic import Terminated, install_signal_handlers
 from warmstart.errors import WarmstartError
 
@@ -68,13 +69,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     install_signal_handlers()
+    atomic.COMMAND = ["warmstart", *argv]
     try:
         result = args.func(args)
         sys.stdout.flush()

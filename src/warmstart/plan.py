@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from warmstart.checkpoint import atomic
 from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
-from warmstart.checkpoint.reader import Checkpoint
+from warmstart.checkpoint.reader import Checkpoint, fingerprint
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES, TensorInfo
 from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, write_model
 
@@ -191,17 +191,40 @@ def output_tensors(plan: Plan) -> list[OutputTensor]:
 
 def execute(plan: Plan, out, *, config: dict, copy_files: Sequence = (), force: bool = False,
             max_shard_bytes: int | None = None, progress: bool = False, desc: str = "writing",
-            finish=None, generation_config: dict | None = None, record: dict | None = None):
+            finish=None, generation_config: dict | None = None, record: dict | None = None,
+            dtype: str | None = None, dry_run: bool = False):
     """Write the plan's outputs as a model directory (streaming, atomic).
 
-    The output may not overlap any of the plan's source checkpoints.
+    `dtype` (a safetensors code, see :func:`parse_user_dtype`) casts every
+    floating tensor and says so in config.json. The output may not overlap
+    any of the plan's source checkpoints.
     """
-    inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).exists()]
+    if dtype is not None:
+        plan = plan.with_dtype(dtype)
+        config = {k: v for k, v in config.items() if k != "dtype"}
+        config["torch_dtype"] = config_dtype_name(dtype)
+    inputs = [p for p in (getattr(s, "path", None) for s in plan.sources) if p is not None and Path(p).is_dir()]
+    steps = {s.name: s for s in plan.steps}
+    record = {**(record or {}), "sources": [{"path": str(Path(p).resolve()), "fingerprint": fingerprint(p)}
+                                            for p in dict.fromkeys(inputs)]}
     return write_model(
         out, output_tensors(plan), config=config, copy_files=copy_files, force=force,
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, progress=progress, desc=desc,
-        finish=finish, generation_config=generation_config, inputs=inputs, record=record,
+        finish=finish, generation_config=generation_config, inputs=inputs, record=record, dry_run=dry_run,
+        describe=lambda t: describe_step(steps[t.name]),
     )
+
+
+def describe_step(step: Step) -> str:
+    """Where one output tensor comes from, in words (dry runs)."""
+    origin = step.provenance
+    if origin.kind == "copy":
+        return f"copy of {origin.ref.name}"
+    if origin.kind == "fresh":
+        what = f"new, in place of {origin.ref.name}" if origin.ref is not None else "new"
+        return f"{what} ({step.note})" if step.note else what
+    inputs = ", ".join(r.name for r in step.inputs[:3]) + (", ..." if len(step.inputs) > 3 else "")
+    return f"computed from {inputs}" + (f" ({step.note})" if step.note else "")
 
 
 class PlannedCheckpoint:
@@ -248,7 +271,7 @@ class PlannedCheckpoint:
 
 
 def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_shard_bytes: int | None = None,
-               progress: bool = False):
+               progress: bool = False, dry_run: bool = False):
     """Read a model directory and write it again, tensor by tensor.
 
     Unchanged tensors are copied as bytes; `dtype` ('fp32', 'fp16', 'bf16')
@@ -257,10 +280,7 @@ def copy_model(src, out, *, dtype: str | None = None, force: bool = False, max_s
     code = parse_user_dtype(dtype)
     atomic.check_output(out, force, [src])
     ckpt = Checkpoint(src)
-    plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()]).with_dtype(code)
-    config = dict(ckpt.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
-    return execute(plan, Path(out), config=config, copy_files=ckpt.extra_files(), force=force,
-                   max_shard_bytes=max_shard_bytes, progress=progress, desc="copying")
+    plan = Plan([ckpt], [copy_step(0, ckpt, n) for n in ckpt.names()])
+    return execute(plan, Path(out), config=dict(ckpt.config), copy_files=ckpt.extra_files(), force=force, dtype=code,
+                   max_shard_bytes=max_shard_bytes, progress=progress, desc="copying", dry_run=dry_run,
+                   record={"command": "convert", "dtype": dtype, "exact": dtype is None})

@@ -19,6 +19,11 @@ from warmstart.errors import ParamError, WarmstartError
 E = TypeVar("E")
 
 
+def summary(fn: Callable, given: str = "") -> str:
+    """A method's one-line description: the one given at registration, else its docstring's first line."""
+    return given or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+
+
 class Registry(Generic[E]):
     """Entries by name.
 

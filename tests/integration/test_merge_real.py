@@ -15,7 +15,7 @@ from warmstart.cli import main
 def test_mean_of_real_model_with_itself_is_bitwise_the_model(smollm2_dir, tmp_path, capsys):
     out = tmp_path / "merged"
     # Merging a model with itself (or a byte-identical copy) is refused ...
-    assert main(["merge", str(out), str(smollm2_dir), str(smollm2_dir), "--quiet"]) == 2
+    assert main(["merge", str(smollm2_dir), str(smollm2_dir), str(out), "--quiet"]) == 2
     assert "given twice" in capsys.readouterr().err and not out.exists()
     # ... so the copy differs in one tensor, patched in place: every other tensor of the mean is the model's.
     copy = shutil.copytree(smollm2_dir, tmp_path / "copy")
@@ -26,7 +26,7 @@ def test_mean_of_real_model_with_itself_is_bitwise_the_model(smollm2_dir, tmp_pa
     with open(file, "r+b") as f:
         f.seek(offset)
         f.write(bumped.contiguous().view(torch.uint8).numpy().tobytes())
-    assert main(["merge", str(out), str(smollm2_dir), str(copy), "--quiet"]) == 0
+    assert main(["merge", str(smollm2_dir), str(copy), str(out), "--quiet"]) == 0
     a = Checkpoint(out)
     assert a.names() == src.names()
     for n in src.names():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warmstart.plan import copy_model
+from warmstart.arch.summary import summarize
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
-from warmstart.arch.summary import summarize
+from warmstart.plan import copy_model
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import transformers
 
 from warmstart.arch import open_model
 from warmstart.arch.spec import families
-from warmstart.errors import UnsupportedArchitecture
 from warmstart.arch.summary import summarize
+from warmstart.errors import UnsupportedArchitecture
 
 
 def _params(path, cls):

@@ -10,11 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from warmstart.plan import copy_model
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import encode_header, read_header
 from warmstart.checkpoint.writer import OutputTensor, plan_shards, write_model
 from warmstart.errors import CheckpointError, OutputExists, WarmstartError
+from warmstart.plan import copy_model
 
 
 def _all_tensors(directory):

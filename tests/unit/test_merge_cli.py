@@ -14,13 +14,7 @@ from tests.conftest import build_tiny
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def _tensors(path: Path) -> dict:
@@ -51,7 +45,7 @@ def test_mean_of_identical_checkpoints_is_the_checkpoint_bitwise(tmp_path, tiny_
         save_file(state, str(copy / "model.safetensors"), metadata={"format": "pt"})
         copies.append(copy)
     threads = torch.get_num_threads()
-    assert main(["merge", str(out), *map(str, copies), "--quiet", "--threads", "2"]) == 0
+    assert main(["merge", *map(str, copies), str(out), "--quiet", "--threads", "2"]) == 0
     assert torch.get_num_threads() == threads  # the merge's thread setting is undone
     a, b = _tensors(out), _tensors(tiny_model)
     assert a.keys() == b.keys()
@@ -64,7 +58,7 @@ def test_mean_of_identical_checkpoints_is_the_checkpoint_bitwise(tmp_path, tiny_
 
 def test_mean_matches_float64_average(tmp_path, three):
     out = tmp_path / "out"
-    assert main(["merge", str(out), *map(str, three), "--quiet"]) == 0
+    assert main(["merge", *map(str, three), str(out), "--quiet"]) == 0
     got, ins = _tensors(out), [_tensors(p) for p in three]
     for n, t in got.items():
         ref = sum(x[n].double() for x in ins) / 3
@@ -79,11 +73,11 @@ def test_mean_matches_float64_average(tmp_path, three):
 
 def test_weighted_refuses_weights_not_summing_to_one(tmp_path, three, capsys):
     out = tmp_path / "out"
-    rc = main(["merge", str(out), *map(str, three), "--method", "weighted", "--weights", "0.5,0.3,0.3", "--quiet"])
+    rc = main(["merge", *map(str, three), str(out), "--method", "weighted", "--weights", "0.5,0.3,0.3", "--quiet"])
     assert rc == 2
     assert "sum to 1.1, not 1" in capsys.readouterr().err
     _no_leftovers(out)
-    rc = main(["merge", str(out), *map(str, three), "--method", "weighted", "--weights", "0.5,0.3,0.3",
+    rc = main(["merge", *map(str, three), str(out), "--method", "weighted", "--weights", "0.5,0.3,0.3",
                "--no-normalize", "--quiet"])
     assert rc == 0
     got, ins = _tensors(out), [_tensors(p) for p in three]
@@ -96,12 +90,12 @@ def test_ema_and_wsm_apply_their_coefficients(tmp_path, three):
     ins = [_tensors(p) for p in three]
     n = "model.embed_tokens.weight"
     out = tmp_path / "ema"
-    assert main(["merge", str(out), *map(str, three), "--method", "ema", "--ema-decay", "0.5", "--quiet"]) == 0
+    assert main(["merge", *map(str, three), str(out), "--method", "ema", "--ema-decay", "0.5", "--quiet"]) == 0
     # EMA by hand: e = x0; e = .5 e + .5 x1; e = .5 e + .5 x2  ->  .25 x0 + .25 x1 + .5 x2
     ref = 0.25 * ins[0][n].double() + 0.25 * ins[1][n].double() + 0.5 * ins[2][n].double()
     assert torch.allclose(_tensors(out)[n].double(), ref, atol=1e-6)
     out = tmp_path / "wsm"
-    assert main(["merge", str(out), *map(str, three), "--method", "wsm", "--steps", "100,102,104", "--quiet"]) == 0
+    assert main(["merge", *map(str, three), str(out), "--method", "wsm", "--input-steps", "100,102,104", "--quiet"]) == 0
     # linear decay over 4 updates, checkpoints 2 apart: c = [3/8, 1/2, 1/8] (see test_merge_methods)
     ref = 3 / 8 * ins[0][n].double() + 1 / 2 * ins[1][n].double() + 1 / 8 * ins[2][n].double()
     assert torch.allclose(_tensors(out)[n].double(), ref, atol=1e-6)
@@ -111,13 +105,13 @@ def test_mixed_dtypes_accumulate_in_fp32_and_keep_the_first_dtype(tmp_path, thre
     bf = tmp_path / "bf16"
     assert main(["convert", str(three[1]), str(bf), "--dtype", "bf16", "--quiet"]) == 0
     out = tmp_path / "out"
-    assert main(["merge", str(out), str(three[0]), str(bf), "--quiet"]) == 0
+    assert main(["merge", str(three[0]), str(bf), str(out), "--quiet"]) == 0
     a, b, got = _tensors(three[0]), _tensors(bf), _tensors(out)
     for n, t in got.items():
         assert t.dtype == torch.float32
         assert torch.allclose(t.double(), (a[n].double() + b[n].double()) / 2, atol=1e-6)
     out2 = tmp_path / "out2"
-    assert main(["merge", str(out2), str(three[0]), str(three[1]), "--dtype", "bf16", "--quiet"]) == 0
+    assert main(["merge", str(three[0]), str(three[1]), str(out2), "--dtype", "bf16", "--quiet"]) == 0
     c = _tensors(three[1])
     for n, t in _tensors(out2).items():
         assert t.dtype == torch.bfloat16
@@ -129,8 +123,8 @@ def test_mixed_dtypes_accumulate_in_fp32_and_keep_the_first_dtype(tmp_path, thre
 def test_existing_output_refused_unless_force(tmp_path, three):
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["merge", str(out), *map(str, three[:2]), "--quiet"]) == 2
-    assert main(["merge", str(out), *map(str, three[:2]), "--quiet", "--force"]) == 0
+    assert main(["merge", *map(str, three[:2]), str(out), "--quiet"]) == 2
+    assert main(["merge", *map(str, three[:2]), str(out), "--quiet", "--force"]) == 0
     assert (out / "model.safetensors").is_file()
 
 
@@ -138,7 +132,9 @@ def test_existing_output_refused_unless_force(tmp_path, three):
 
 
 def _bad(args, out: Path, capsys, *expected: str) -> str:
-    rc = main(["merge", str(out), *map(str, args), "--quiet"])
+    args = [str(a) for a in args]
+    k = next((i for i, a in enumerate(args) if a.startswith("--")), len(args))  # CKPT... OUT, then the flags
+    rc = main(["merge", *args[:k], str(out), *args[k:], "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (earlier lines: the test's own model builds)
     assert rc == 2, err
     assert err.startswith("warmstart: error: "), err
@@ -197,7 +193,7 @@ def test_different_tokenizers_refused(tmp_path, three, capsys):
     data["normalizer"] = {"type": "Lowercase"}
     (three[1] / "tokenizer.json").write_text(json.dumps(data, indent=4))
     out = tmp_path / "ok"
-    assert main(["merge", str(out), str(three[0]), str(three[1]), "--quiet"]) == 0
+    assert main(["merge", str(three[0]), str(three[1]), str(out), "--quiet"]) == 0
     assert (out / "tokenizer.json").read_bytes() == (three[0] / "tokenizer.json").read_bytes()
 
 
@@ -215,7 +211,7 @@ def test_nan_or_inf_in_an_input_refused(tmp_path, three, capsys, value, word):
 def test_parameters_of_other_methods_refused(tmp_path, three, capsys):
     _bad([three[0], three[1], "--weights", "0.5,0.5"], tmp_path / "out", capsys, "does not take --weights")
     _bad([three[0], three[1], "--method", "ema"], tmp_path / "out", capsys, "--ema-decay")
-    _bad([three[0], three[1], "--method", "ema", "--ema-half-life", "10"], tmp_path / "out", capsys, "--steps")
+    _bad([three[0], three[1], "--method", "ema", "--ema-half-life", "10"], tmp_path / "out", capsys, "--input-steps")
     _bad([three[0], three[1], "--method", "wsm", "--wsm-shape", "zigzag"], tmp_path / "out", capsys, "zigzag")
     _bad([three[0], three[1], "--method", "weighted", "--weights", "0.5,x"], tmp_path / "out", capsys, "'x'")
     _bad([three[0], three[1], "--fisher-data", "x.txt"], tmp_path / "out", capsys, "'fisher' only")

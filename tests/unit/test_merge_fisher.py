@@ -14,13 +14,7 @@ from warmstart.checkpoint.reader import Checkpoint
 from warmstart.cli import main
 from warmstart.merge import fisher as fisher_mod
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 CHARS = [chr(i) for i in range(32, 127)]  # 95 printable characters: ids 0..94 < vocab 128
@@ -127,7 +121,7 @@ def test_fisher_goes_to_the_cache_when_the_model_directory_is_read_only(tmp_path
 def test_cli_fisher_merge_weights_each_element_by_its_fisher(tmp_path):
     models = _models(tmp_path)
     out = tmp_path / "out"
-    rc = main(["merge", str(out), *map(str, models), "--method", "fisher", "--fisher-data", str(_text(tmp_path)),
+    rc = main(["merge", *map(str, models), str(out), "--method", "fisher", "--fisher-data", str(_text(tmp_path)),
                "--fisher-batches", "2", "--fisher-batch-size", "2", "--fisher-seq-len", "8", "--quiet"])
     assert rc == 0
     got = load_file(out / "model.safetensors")
@@ -152,8 +146,8 @@ def test_cli_fisher_with_equal_fishers_is_the_mean(tmp_path):
         meta = {"weights": fisher_mod.weights_fingerprint(m), "format": "pt"}
         save_file(shared, m / "fisher.safetensors", metadata=meta)
     out, ref = tmp_path / "fisher", tmp_path / "mean"
-    assert main(["merge", str(out), *map(str, models), "--method", "fisher", "--quiet"]) == 0
-    assert main(["merge", str(ref), *map(str, models), "--quiet"]) == 0
+    assert main(["merge", *map(str, models), str(out), "--method", "fisher", "--quiet"]) == 0
+    assert main(["merge", *map(str, models), str(ref), "--quiet"]) == 0
     a, b = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
     xs = [load_file(m / "model.safetensors") for m in models]
     for n in a:
@@ -164,17 +158,17 @@ def test_cli_fisher_with_equal_fishers_is_the_mean(tmp_path):
 def test_cli_fisher_bad_input(tmp_path, capsys):
     models = _models(tmp_path, 2)
     out = tmp_path / "out"
-    assert main(["merge", str(out), *map(str, models), "--method", "fisher", "--quiet"]) == 2
+    assert main(["merge", *map(str, models), str(out), "--method", "fisher", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "needs --fisher-data" in err and str(models[0]) in err
     assert not out.exists()
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    assert main(["merge", str(out), *map(str, models), "--method", "fisher", "--fisher-data", str(short),
+    assert main(["merge", *map(str, models), str(out), "--method", "fisher", "--fisher-data", str(short),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(short) in err and "lower --fisher-batches" in err
-    assert main(["merge", str(out), *map(str, models), "--method", "fisher", "--fisher-data",
+    assert main(["merge", *map(str, models), str(out), "--method", "fisher", "--fisher-data",
                  str(tmp_path / "absent.txt"), "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
     assert not out.exists() and not (models[0] / "fisher.safetensors").exists()

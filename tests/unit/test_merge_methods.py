@@ -10,13 +10,7 @@ import torch
 from warmstart.merge.memory import merge_state_dicts
 from warmstart.merge.methods import MergeError, resolve, wsm_coefficients
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def test_mean_coefficients():
@@ -68,7 +62,7 @@ def test_ema_half_life_in_steps():
     # Per-step decay with --steps: d ** gap
     c = resolve("ema", 2, ema_decay=0.99, steps=[0, 10]).values
     assert c[0] == pytest.approx(0.99 ** 10)
-    with pytest.raises(MergeError, match="--steps"):
+    with pytest.raises(MergeError, match="--input-steps"):
         resolve("ema", 2, ema_half_life=100)
     with pytest.raises(MergeError, match="must increase"):
         resolve("ema", 3, ema_half_life=100, steps=[0, 200, 100])

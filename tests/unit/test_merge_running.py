@@ -9,13 +9,7 @@ from warmstart.errors import WarmstartError
 from warmstart.merge.methods import MergeError
 from warmstart.merge.running import RunningAverage
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def _train(model, steps, avg=None):

@@ -175,7 +175,7 @@ def test_five_kill9_runs_then_one_clean_run_leave_no_temporary(pair, tmp_path, c
     assert _run(capsys, "convert", model, second, "--dtype", "bf16", "--quiet")[0] == 0
     runs = {
         "convert": (["convert", model, tmp_path / "c", "--quiet"], tmp_path / "c"),
-        "merge": (["merge", tmp_path / "m", model, second, "--quiet"], tmp_path / "m"),
+        "merge": (["merge", model, second, tmp_path / "m", "--quiet"], tmp_path / "m"),
         "vocab": (["vocab", model, tmp_path / "v", "--tokenizer", new_tok, "--method", "fvt", "--quiet"], tmp_path / "v"),
     }
     for name, (argv, out) in runs.items():

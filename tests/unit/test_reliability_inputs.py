@@ -250,7 +250,7 @@ def test_fifo_and_device_inputs_refused(tmp_path, capsys):
     fifo = tmp_path / "pipe.yaml"
     os.mkfifo(fifo)
     refused(capsys, ["run", fifo], "FIFO", named=fifo)
-    refused(capsys, ["bench", fifo, "--out", tmp_path / "b"], "FIFO", named=fifo)
+    refused(capsys, ["bench", fifo, tmp_path / "b"], "FIFO", named=fifo)
     refused(capsys, ["schedule", "show", fifo], "FIFO", named=fifo)
     refused(capsys, ["tokenizer", "train", fifo, tmp_path / "tok", "--vocab-size", "300"], "FIFO", named=fifo)
     refused(capsys, ["predict", fifo, "--fit-schedule", "cosine", "--schedule", "cosine"], "FIFO", named=fifo)
@@ -303,7 +303,7 @@ LAUGHS = "a: &a [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
 def test_yaml_alias_bomb_refused(command, tmp_path, capsys):
     path = tmp_path / "bomb.yaml"
     path.write_text(LAUGHS)
-    argv = {"run": ["run", path], "bench": ["bench", path, "--out", tmp_path / "b"],
+    argv = {"run": ["run", path], "bench": ["bench", path, tmp_path / "b"],
             "schedule": ["schedule", "show", path]}[command]
     start = time.monotonic()
     refused(capsys, argv, "alias", named=path)
@@ -319,7 +319,7 @@ def test_yaml_recursive_large_and_binary(tmp_path, capsys):
     refused(capsys, ["run", big], "bytes", named=big)
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"model: \x00\x01\xff\xfe junk")
-    refused(capsys, ["bench", binary, "--out", tmp_path / "b"], "binary", named=binary)
+    refused(capsys, ["bench", binary, tmp_path / "b"], "binary", named=binary)
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("model: caf\u00e9\n".encode("latin-1"))
     refused(capsys, ["run", latin], "UTF-8", named=latin)
@@ -432,7 +432,7 @@ def _bench_recipe(tmp_path: Path, hidden: int) -> Path:
 
 def test_enormous_bench_recipe(tmp_path, capsys):
     path = _bench_recipe(tmp_path, 10**9)
-    refused(capsys, ["bench", path, "--out", tmp_path / "b"], "model", "elements", named=path)
+    refused(capsys, ["bench", path, tmp_path / "b"], "model", "elements", named=path)
     from warmstart.bench import recipe as R
 
     R.load(_bench_recipe(tmp_path, 64))  # a normal one passes the same check
@@ -440,7 +440,7 @@ def test_enormous_bench_recipe(tmp_path, capsys):
 
 def test_enormous_wsm_window(tmp_path, capsys):
     a, b = build_tiny("llama", tmp_path / "a", seed=0), build_tiny("llama", tmp_path / "b", seed=1)
-    refused(capsys, ["merge", tmp_path / "o", a, b, "--method", "wsm", "--steps", f"0,{10**12}"], "--steps",
+    refused(capsys, ["merge", a, b, tmp_path / "o", "--method", "wsm", "--input-steps", f"0,{10**12}"], "--input-steps",
             out=tmp_path / "o")
 
 
@@ -486,12 +486,12 @@ def test_corpus_directory_named(tmp_path, capsys):
 
 def test_merge_same_checkpoint_twice(tiny_llama, tmp_path, capsys):
     out = tmp_path / "o"
-    refused(capsys, ["merge", out, tiny_llama, str(tiny_llama) + "/"], "given twice", out=out)
+    refused(capsys, ["merge", tiny_llama, str(tiny_llama) + "/", out], "given twice", out=out)
     copy = shutil.copytree(tiny_llama, tmp_path / "copy")
-    refused(capsys, ["merge", out, tiny_llama, copy], "same weights", out=out, named=copy)
+    refused(capsys, ["merge", tiny_llama, copy, out], "same weights", out=out, named=copy)
     link = tmp_path / "link"
     link.symlink_to(tiny_llama)
-    refused(capsys, ["merge", out, tiny_llama, link], "given twice", out=out)
+    refused(capsys, ["merge", tiny_llama, link, out], "given twice", out=out)
 
 
 def test_verify_with_different_tokenizers_is_not_exact(tiny_llama, tmp_path, capsys):
@@ -573,7 +573,7 @@ def test_import_directory_named_gguf(tmp_path, capsys):
 
 def test_flags_named(tmp_path, capsys):
     a, b = build_tiny("llama", tmp_path / "a", seed=0), build_tiny("llama", tmp_path / "b", seed=1)
-    refused(capsys, ["merge", tmp_path / "o", a, b, "--method", "wsm", "--wsm-end", "nan"], "--wsm-end")
+    refused(capsys, ["merge", a, b, tmp_path / "o", "--method", "wsm", "--wsm-end", "nan"], "--wsm-end")
     refused(capsys, ["schedule", "show", "cosine", "--steps", 100, "--peak", "inf"], "--peak")
     refused(capsys, ["schedule", "plot", "cosine", "--steps", 100, "--peak", "nan", "--out", tmp_path / "p.png"],
             "--peak")
@@ -638,7 +638,7 @@ def test_bench_corpus_of_random_bytes(tmp_path, capsys):
     recipe.write_text("corpus: random.txt\nmodel: {hidden: 32, layers: 2, heads: 4, seq_len: 16}\n"
                       "train: {steps: 2, batch_size: 2}\narms: [{name: scratch}]\n")
     out = tmp_path / "bench-out"
-    refused(capsys, ["bench", recipe, "--out", out, "--quiet"], "not UTF-8 text", named=rand)
+    refused(capsys, ["bench", recipe, out, "--quiet"], "not UTF-8 text", named=rand)
     assert not out.exists()
 
 

@@ -190,8 +190,8 @@ def test_count_optimizer_ignores_extra_and_missing_step_calls():
 
 
 def test_accelerate_steps_by_optimizer_steps(monkeypatch):
-    from accelerate import Accelerator
     import accelerate.scheduler
+    from accelerate import Accelerator
 
     class TwoProcesses:  # what AcceleratedScheduler sees on a 2-process run
         num_processes = 2

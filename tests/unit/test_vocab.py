@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tiny
+
 from warmstart.cli import main
-from warmstart.vocab.match import (Scheme, byte_to_char, canonical, load_tokenizer, match_vocabs, retokenize,
-                                   vocab_of)
+from warmstart.vocab.match import Scheme, byte_to_char, canonical, load_tokenizer, match_vocabs, retokenize, vocab_of
 from warmstart.vocab.methods import Context, get_method, omp, omp_pooled, sparsemax
 
 WORDS_A = ("the king and queen of england spoke to their people about war and peace in the morning "

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from conftest import build_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_tiny
 from warmstart.arch import open_model
 from warmstart.errors import WarmstartError
 from warmstart.ops import registry

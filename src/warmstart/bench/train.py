@@ -52,6 +52,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -110,10 +111,15 @@ class TrainResult:
         return d
 
 
+def default_schedule(steps: int) -> str:
+    """The schedule of a run that names none: 5% warmup, cosine to a tenth of the peak."""
+    return f"cosine(warmup={max(1, steps // 20) if steps > 1 else 0}, min_ratio=0.1)"
+
+
 def lr_function(schedule, steps: int, peak: float) -> Callable[[int], float]:
     """Learning rate of the update with 0-based index ``step``."""
     if schedule is None:
-        schedule = f"cosine(warmup={max(1, steps // 20) if steps > 1 else 0}, min_ratio=0.1)"
+        schedule = default_schedule(steps)
     try:
         sched = resolve(schedule, total=steps)
     except ScheduleSpecError as err:
@@ -358,165 +364,201 @@ def train(
     logged step (e.g. to stop early). Other keywords are :class:`TrainSettings`
     fields. The log goes to ``log_path`` (default ``out_dir/log.jsonl``).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     s = TrainSettings(steps=steps, **settings_kw)
-    if s.steps < 1:
-        raise WarmstartError(f"steps must be at least 1, got {s.steps}")
-    for name in ("batch_size", "seq_len", "grad_accum", "eval_batches"):
-        if getattr(s, name) < 1:
-            raise WarmstartError(f"{name} must be at least 1, got {getattr(s, name)}")
-    data_seed = s.seed if s.data_seed is None else s.data_seed
-    check_tokens("training tokens", train_tokens, s.seq_len)
-    if eval_tokens is not None:
-        check_tokens("held-out tokens", eval_tokens, s.seq_len)
-    lr_at = lr_function(s.schedule, s.steps, s.lr)
+    t = Trainer(s, train_tokens, eval_tokens, out_dir=Path(out_dir), log_path=log_path, desc=desc,
+                extra_files=extra_files, accelerator=accelerator, progress=progress)
+    finished = t.finished(resume, force)
+    if finished is not None:
+        return finished
+    t.setup(model, resume, init_fn)
+    for step in range(t.start, s.steps):
+        row = t.train_step(step)
+        if on_step is not None:
+            on_step(row)
+        t.checkpoint(step + 1)
+    return t.finish(save_final)
 
-    out_dir = Path(out_dir)
-    log_path = Path(log_path) if log_path else out_dir / LOG_NAME
-    acc = _accelerator(s, accelerator)
-    world = acc.num_processes
-    if s.batch_size % (world * s.grad_accum):
-        raise WarmstartError(
-            f"batch_size {s.batch_size} is not divisible by processes x grad_accum = {world} x {s.grad_accum}")
-    micro = s.batch_size // (world * s.grad_accum)
 
-    done = out_dir / RESULT_NAME
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if resume and done.exists():
-            r = json.loads(done.read_text())
-            for k in ("out_dir", "log_path", "final_dir"):
-                r[k] = None if r[k] is None else Path(r[k])
-            return TrainResult(**r)
-        if not resume:
-            if not force:
-                raise OutputExists("training output already exists (use --force or --resume)", out_dir)
+class Trainer:
+    """One training run, in the order it happens: setup, train_step (repeated), checkpoint, finish.
+
+    Everything a step needs is set up once; a step is a pure function of the
+    state and the step index (the batch is drawn from (data_seed, step)), so
+    a resumed run continues exactly where the stopped one was.
+    """
+
+    def __init__(self, s: TrainSettings, train_tokens, eval_tokens, *, out_dir: Path, log_path, desc: str,
+                 extra_files: Sequence, accelerator, progress: bool = True):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
+            if getattr(s, name) < 1:
+                raise WarmstartError(f"{name} must be at least 1, got {getattr(s, name)}")
+        check_tokens("training tokens", train_tokens, s.seq_len)
+        if eval_tokens is not None:
+            check_tokens("held-out tokens", eval_tokens, s.seq_len)
+        self.s = s
+        self.schedule = s.schedule if s.schedule is not None else default_schedule(s.steps)
+        self.lr_at = lr_function(self.schedule, s.steps, s.lr)
+        self.train_tokens, self.eval_tokens = train_tokens, eval_tokens
+        self.data_seed = s.seed if s.data_seed is None else s.data_seed
+        self.out_dir = out_dir
+        self.log_path = Path(log_path) if log_path else out_dir / LOG_NAME
+        self.desc, self.extra_files, self.progress = desc, extra_files, progress
+        self.acc = _accelerator(s, accelerator)
+        self.world = self.acc.num_processes
+        if s.batch_size % (self.world * s.grad_accum):
+            raise WarmstartError(f"batch_size {s.batch_size} is not divisible by processes x grad_accum = "
+                                 f"{self.world} x {s.grad_accum}")
+        self.micro = s.batch_size // (self.world * s.grad_accum)
+        self.tokens_per_step = s.batch_size * s.seq_len
+        self.ev_offsets = None if eval_tokens is None else eval_offsets(len(eval_tokens), s.seq_len,
+                                                                          s.eval_batches * s.batch_size)
+        self.done = out_dir / RESULT_NAME
+        self.start, self.elapsed, self.resumed_from = 0, 0.0, None
+        self.first_eval = self.last_eval = None
+        self.saved: list[str] = []
+
+    # -- setup ----------------------------------------------------------------
+    def finished(self, resume: bool, force: bool) -> TrainResult | None:
+        """The result of a finished run being resumed; otherwise prepare the output folder."""
+        acc, out_dir = self.acc, self.out_dir
+        if out_dir.exists() and any(out_dir.iterdir()):
+            if resume and self.done.exists():
+                r = json.loads(self.done.read_text())
+                for k in ("out_dir", "log_path", "final_dir"):
+                    r[k] = None if r[k] is None else Path(r[k])
+                return TrainResult(**r)
+            if not resume:
+                if not force:
+                    raise OutputExists("training output already exists (use --force or --resume)", out_dir)
+                if acc.is_main_process:
+                    shutil.rmtree(out_dir)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        return None
+
+    def setup(self, model, resume: bool, init_fn: Callable | None) -> None:
+        """Model, optimizer, resumed state, the log, and the first evaluation."""
+        import torch
+        from tqdm.auto import tqdm
+
+        s, acc = self.s, self.acc
+        net = build_model(model, s.seed)
+        resuming = resume and (self.out_dir / "state" / "trainer.json").exists()
+        if init_fn is not None and not resuming:
+            init_fn(net)
+        self.n_params, self.n_flops = count_params(net), flops_params(net)
+        decay = [p for p in net.parameters() if p.dim() >= 2]
+        no_decay = [p for p in net.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr_at(0), betas=tuple(s.betas), fused=False, foreach=False,
+        )
+        self.net, self.opt = acc.prepare(net, opt)
+        self.net.train()
+        if resuming:
+            acc.load_state(str(self.out_dir / "state"))
+            meta = json.loads((self.out_dir / "state" / "trainer.json").read_text())
+            self.start, self.elapsed, self.resumed_from = int(meta["step"]), float(meta["time"]), int(meta["step"])
             if acc.is_main_process:
-                shutil.rmtree(out_dir)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
+                _truncate_log(self.log_path, self.start)
+        elif acc.is_main_process:
+            self.log_path.write_text("")
+            (self.out_dir / "settings.json").write_text(json.dumps(
+                {**asdict(s), "schedule": str(self.schedule), "params": self.n_params, "flops_params": self.n_flops,
+                 "processes": self.world}, indent=2))
+        if self.start == 0 and self.ev_offsets is not None:
+            self.first_eval = self.evaluate()
+            self.log({"step": 0, "tokens": 0, "flops": 0.0, "time": 0.0, "lr": self.lr_at(0), "train_loss": None,
+                      "eval_loss": self.first_eval})
+        self.bar = tqdm(total=s.steps, initial=self.start, desc=self.desc, dynamic_ncols=True, leave=False,
+                        disable=not self.progress or not acc.is_local_main_process)
 
-    net = build_model(model, s.seed)
-    resuming = resume and (out_dir / "state" / "trainer.json").exists()
-    if init_fn is not None and not resuming:
-        init_fn(net)
-    n_params, n_flops = count_params(net), flops_params(net)
-    decay = [p for p in net.parameters() if p.dim() >= 2]
-    no_decay = [p for p in net.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr_at(0), betas=tuple(s.betas), fused=False, foreach=False,
-    )
-    net, opt = acc.prepare(net, opt)
-    net.train()
+    # -- one step -------------------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        """One optimizer update (gradient accumulation over micro-batches), logged; returns the log row."""
+        import torch
 
-    start, elapsed, resumed_from = 0, 0.0, None
-    if resuming:
-        acc.load_state(str(out_dir / "state"))
-        meta = json.loads((out_dir / "state" / "trainer.json").read_text())
-        start, elapsed, resumed_from = int(meta["step"]), float(meta["time"]), int(meta["step"])
-        if acc.is_main_process:
-            _truncate_log(log_path, start)
-    elif acc.is_main_process:
-        log_path.write_text("")
-        (out_dir / "settings.json").write_text(json.dumps(
-            {**asdict(s), "schedule": str(s.schedule), "params": n_params, "flops_params": n_flops,
-             "processes": world}, indent=2))
-
-    tokens_per_step = s.batch_size * s.seq_len
-    ev_offsets = None
-    if eval_tokens is not None:
-        ev_offsets = eval_offsets(len(eval_tokens), s.seq_len, s.eval_batches * s.batch_size)
-
-    def log(row: dict) -> None:
-        if acc.is_main_process:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    first_eval = None
-    if start == 0 and ev_offsets is not None:
-        first_eval = evaluate(net, eval_tokens, ev_offsets, s.seq_len, s.batch_size, acc)
-        log({"step": 0, "tokens": 0, "flops": 0.0, "time": 0.0, "lr": lr_at(0), "train_loss": None,
-             "eval_loss": first_eval})
-
-    bar = tqdm(total=s.steps, initial=start, desc=desc, disable=not progress or not acc.is_local_main_process,
-               dynamic_ncols=True, leave=False)
-    last_eval = None
-    rank = acc.process_index
-    saved: list[str] = []
-    for step in range(start, s.steps):
+        s, acc, net = self.s, self.acc, self.net
         t0 = time.perf_counter()
-        lr = lr_at(step)
-        for g in opt.param_groups:
+        lr = self.lr_at(step)
+        for g in self.opt.param_groups:
             g["lr"] = lr
-        offsets = batch_offsets(len(train_tokens), s.seq_len, s.batch_size, data_seed, step)[rank::world]
+        offsets = batch_offsets(len(self.train_tokens), s.seq_len, s.batch_size, self.data_seed,
+                                step)[acc.process_index::self.world]
         total = torch.zeros((), dtype=torch.float64, device=acc.device)
         for k in range(s.grad_accum):
-            x, y = windows(train_tokens, offsets[k * micro:(k + 1) * micro], s.seq_len)
+            x, y = windows(self.train_tokens, offsets[k * self.micro:(k + 1) * self.micro], s.seq_len)
             x, y = x.to(acc.device), y.to(acc.device)
-            sync = acc.no_sync(net) if k + 1 < s.grad_accum else _null()
-            with sync:
+            with acc.no_sync(net) if k + 1 < s.grad_accum else nullcontext():
                 with acc.autocast():
                     loss = _loss(net, x, y)
                 acc.backward(loss / s.grad_accum)
             total += loss.detach().double() / s.grad_accum
         if s.grad_clip and s.grad_clip > 0:
             acc.clip_grad_norm_(net.parameters(), s.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.world > 1:
             total = acc.reduce(total, reduction="mean")
         train_loss = float(total)
-        elapsed += time.perf_counter() - t0
+        self.elapsed += time.perf_counter() - t0
         n = step + 1
         if not math.isfinite(train_loss):
             raise WarmstartError(f"training diverged at step {n} (loss {train_loss}); lower the learning rate",
-                                 out_dir)
-        row = {"step": n, "tokens": n * tokens_per_step, "flops": 6.0 * n_flops * n * tokens_per_step,
-               "time": round(elapsed, 4), "lr": lr, "train_loss": train_loss}
-        if ev_offsets is not None and (n % s.eval_every == 0 or n == s.steps):
-            last_eval = evaluate(net, eval_tokens, ev_offsets, s.seq_len, s.batch_size, acc)
-            row["eval_loss"] = last_eval
-            bar.set_postfix(eval=f"{last_eval:.3f}", refresh=False)
-        log(row)
-        bar.update(1)
-        if on_step is not None:
-            on_step(row)
+                                 self.out_dir)
+        row = {"step": n, "tokens": n * self.tokens_per_step, "flops": 6.0 * self.n_flops * n * self.tokens_per_step,
+               "time": round(self.elapsed, 4), "lr": lr, "train_loss": train_loss}
+        if self.ev_offsets is not None and (n % s.eval_every == 0 or n == s.steps):
+            self.last_eval = self.evaluate()
+            row["eval_loss"] = self.last_eval
+            self.bar.set_postfix(eval=f"{self.last_eval:.3f}", refresh=False)
+        self.log(row)
+        self.bar.update(1)
+        return row
+
+    def evaluate(self) -> float:
+        return evaluate(self.net, self.eval_tokens, self.ev_offsets, self.s.seq_len, self.s.batch_size, self.acc)
+
+    def log(self, row: dict) -> None:
+        if self.acc.is_main_process:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # -- checkpoints ----------------------------------------------------------
+    def checkpoint(self, n: int) -> None:
+        """After update `n`: an HF snapshot every save_every, a resumable state every checkpoint_every."""
+        s = self.s
         if s.save_every and n % s.save_every == 0 and n < s.steps:
-            path = out_dir / "checkpoints" / f"step-{n:06d}"
-            _save_hf(net, acc, path, extra_files)
-            saved.append(str(path))
+            path = self.out_dir / "checkpoints" / f"step-{n:06d}"
+            _save_hf(self.net, self.acc, path, self.extra_files)
+            self.saved.append(str(path))
         if s.checkpoint_every and n % s.checkpoint_every == 0 and n < s.steps:
-            _save_state(acc, out_dir, {"step": n, "time": elapsed})
-    bar.close()
+            _save_state(self.acc, self.out_dir, {"step": n, "time": self.elapsed})
 
-    final_dir = None
-    if save_final:
-        final_dir = out_dir / "final"
-        _save_hf(net, acc, final_dir, extra_files)
-    if resumed_from is not None and first_eval is None:
-        rows = read_log(log_path) if acc.is_main_process and log_path.exists() else []
-        first_eval = next((r["eval_loss"] for r in rows if r.get("eval_loss") is not None), None)
-    result = TrainResult(
-        out_dir=out_dir, log_path=log_path, final_dir=final_dir, steps=s.steps,
-        tokens=s.steps * tokens_per_step, flops=6.0 * n_flops * s.steps * tokens_per_step, time=elapsed,
-        params=n_params, flops_params=n_flops, final_eval_loss=last_eval, first_eval_loss=first_eval,
-        resumed_from=resumed_from, saved=saved,
-    )
-    if acc.is_main_process:
-        write_text(done, json.dumps(result.to_dict(), indent=2))
-        shutil.rmtree(out_dir / "state", ignore_errors=True)
-    acc.wait_for_everyone()
-    return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    # -- finish ---------------------------------------------------------------
+    def finish(self, save_final: bool) -> TrainResult:
+        """The final model, the result record; the resumable state is no longer needed."""
+        self.bar.close()
+        s, acc = self.s, self.acc
+        final_dir = None
+        if save_final:
+            final_dir = self.out_dir / "final"
+            _save_hf(self.net, acc, final_dir, self.extra_files)
+        first_eval = self.first_eval
+        if self.resumed_from is not None and first_eval is None:
+            rows = read_log(self.log_path) if acc.is_main_process and self.log_path.exists() else []
+            first_eval = next((r["eval_loss"] for r in rows if r.get("eval_loss") is not None), None)
+        result = TrainResult(
+            out_dir=self.out_dir, log_path=self.log_path, final_dir=final_dir, steps=s.steps,
+            tokens=s.steps * self.tokens_per_step, flops=6.0 * self.n_flops * s.steps * self.tokens_per_step,
+            time=self.elapsed, params=self.n_params, flops_params=self.n_flops, final_eval_loss=self.last_eval,
+            first_eval_loss=first_eval, resumed_from=self.resumed_from, saved=self.saved,
+        )
+        if acc.is_main_process:
+            write_text(self.done, json.dumps(result.to_dict(), indent=2))
+            shutil.rmtree(self.out_dir / "state", ignore_errors=True)
+        acc.wait_for_everyone()
+        return result

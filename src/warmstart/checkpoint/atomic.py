@@ -41,6 +41,7 @@ from warmstart import __version__
 from warmstart.errors import OutputExists, WarmstartError
 
 RECORD = "warmstart.json"  # the provenance record every output directory carries
+COMMAND: list[str] | None = None  # the command line, when run from the CLI: recorded in every output's RECORD
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
@@ -222,16 +223,23 @@ def output_lock(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _write_error(err: OSError, out: Path) -> WarmstartError:
-    cause = err.strerror or str(err)
-    return WarmstartError(f"cannot write the output: {cause}", out)
-
-
 # ---------------------------------------------------------------------------
 # the two forms
 
 def _files_of(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """The lock on `out` held throughout, and file-system faults turned into one line naming `out`."""
+    try:
+        with output_lock(out):
+            yield
+    except OSError as err:
+        if err.errno in _WRITE_ERRNOS:
+            raise WarmstartError(f"cannot write the output: {err.strerror or err}", out) from err
+        raise
 
 
 @contextmanager
@@ -244,25 +252,32 @@ def atomic_directory(out: str | os.PathLike, force: bool = False, inputs: Iterab
     later ``--force`` know the directory is warmstart's to replace.
     """
     out = check_output(out, force, inputs)
+    with _writing(out), _temporary(out, directory=True) as tmp:
+        yield tmp
+        _finish_directory(tmp, out, force, record)
+
+
+@contextmanager
+def _temporary(path: Path, directory: bool) -> Iterator[Path]:
+    """A temporary sibling of `path` named after it and this process; removed unless it was renamed."""
+    prefix = f".{path.name}.partial-{os.getpid()}-"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with output_lock(out):
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
-            try:
-                os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; an output is not
-                yield tmp
-                _finish_directory(tmp, out, force, record)
-            except BaseException:
-                _remove(tmp)
-                raise
-    except OSError as err:
-        if err.errno in _WRITE_ERRNOS:
-            raise _write_error(err, out) from err
+        yield tmp
+    except BaseException:
+        _remove(tmp)
         raise
 
 
 def _finish_directory(tmp: Path, out: Path, force: bool, record: dict | None) -> None:
     files = _files_of(tmp)
-    rec = {"warmstart": __version__, **(record or {}), "files": [f for f in files if f != RECORD]}
+    rec = {"warmstart": __version__, **({"command": COMMAND} if COMMAND else {}), **(record or {}),
+           "files": [f for f in files if f != RECORD]}
     (tmp / RECORD).write_text(json.dumps(rec, indent=2, default=str) + "\n")
     follow_umask(tmp)
     if os.path.lexists(out):
@@ -305,16 +320,10 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-{os.getpid()}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with _temporary(path, directory=False) as tmp:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextmanager
@@ -326,17 +335,13 @@ def replacing_directory(path: str | os.PathLike, *, keep_existing: bool = False)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
-    try:
+    with _temporary(path, directory=True) as tmp:
         yield tmp
         follow_umask(tmp)
         if keep_existing and path.exists():
             _remove(tmp)
         else:
             swap_in(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def write_text(path: str | os.PathLike, text: str | bytes) -> None:
@@ -352,22 +357,9 @@ def write_text(path: str | os.PathLike, text: str | bytes) -> None:
 def atomic_file(out: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temporary sibling path of file `out`; it replaces `out` on success only."""
     out = check_output(out, force, inputs, kind="file")
-    try:
-        with output_lock(out):
-            fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-{os.getpid()}-", suffix=out.suffix,
-                                        dir=out.parent)
-            os.close(fd)
-            tmp = Path(name)
-            try:
-                yield tmp
-                os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; an output is not
-                if os.path.lexists(out) and not force:
-                    raise OutputExists("output appeared while writing (use --force to replace it)", out)
-                os.replace(tmp, out)
-            except BaseException:
-                _remove(tmp)
-                raise
-    except OSError as err:
-        if err.errno in _WRITE_ERRNOS:
-            raise _write_error(err, out) from err
-        raise
+    with _writing(out), _temporary(out, directory=False) as tmp:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; an output is not
+        if os.path.lexists(out) and not force:
+            raise OutputExists("output appeared while writing (use --force to replace it)", out)
+        os.replace(tmp, out)

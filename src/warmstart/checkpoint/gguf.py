@@ -179,7 +179,7 @@ def save_tokenizer(path: Path, directory: Path) -> None:
 
 
 def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force: bool = False,
-                max_shard_bytes: int | None = None, progress: bool = False) -> Path:
+                max_shard_bytes: int | None = None, progress: bool = False, dry_run: bool = False):
     """Convert `path` (GGUF) into the Hugging Face directory `out`, streaming."""
     path = Path(path)
     check_output(out, force, [path])
@@ -187,9 +187,9 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     check_gguf(reader, path)
     config = llama_config(reader, path, dtype)
     tensors = gguf_tensors(reader, config, dtype, path)
-    write_model(
+    return write_model(
         out, tensors, config=config, force=force, inputs=[path], progress=progress, desc="importing",
         max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
-        finish=lambda d: save_tokenizer(path, d),
+        finish=lambda d: save_tokenizer(path, d), dry_run=dry_run,
+        record={"command": "import", "source": str(Path(path).resolve()), "exact": False},
     )
-    return Path(out)

@@ -13,6 +13,7 @@ or not), read only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,32 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 
 # Files copied along with the weights when a model is written back out.
+def fingerprint(model_dir: str | Path) -> str:
+    """A hash that changes when the model's content does, without reading its weights.
+
+    It covers config.json and, for every weight file, its name, size and
+    safetensors header (names, dtypes, shapes and byte offsets of every
+    tensor); other weight files count by name and size. Cheap on a 70B
+    checkpoint, where a full content hash would read every byte.
+    """
+    h = hashlib.sha256()
+    root = Path(model_dir)
+    files = [root / "config.json", *root.glob("*.safetensors"), *root.glob("*.bin"), *root.glob("*.index.json")]
+    for f in sorted(set(files)):
+        if not f.is_file():
+            continue
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            if f.suffix == ".safetensors":
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                h.update(head + fh.read(min(n, 100_000_000)))
+            elif f.suffix == ".json":
+                h.update(fh.read(10_000_000))
+    return "sha256:" + h.hexdigest()
+
+
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
@@ -234,9 +261,32 @@ class Checkpoint:
         return info.file, info.offset, info.nbytes
 
     def extra_files(self) -> list[Path]:
-        """Tokenizer and generation files that travel with the weights."""
-        names = TOKENIZER_FILES + ("generation_config.json",)
-        return [self.path / n for n in names if (self.path / n).is_file()]
+        """Tokenizer, generation and sentence-transformers files that travel with the weights.
+
+        A sentence-transformers model keeps its pooling and normalization in
+        module folders named by ``modules.json`` (``1_Pooling/config.json``);
+        without them ``SentenceTransformer`` loads the weights with default
+        pooling and no normalization. Paths are relative to the model folder
+        and never leave it.
+        """
+        names = [*TOKENIZER_FILES, "generation_config.json", *SENTENCE_TRANSFORMERS_FILES]
+        files = [self.path / n for n in names if (self.path / n).is_file()]
+        for module in self._sentence_transformer_modules():
+            folder = safe_join(self.path, module, self.path / "modules.json")
+            if folder.is_dir():
+                root = self.path.resolve()
+                files += sorted(self.path / p.relative_to(root) for p in folder.rglob("*")
+                                if p.is_file() and not p.is_symlink())
+        return files
+
+    def _sentence_transformer_modules(self) -> list[str]:
+        try:
+            modules = json.loads((self.path / "modules.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        if not isinstance(modules, list):
+            return []
+        return [m["path"] for m in modules if isinstance(m, dict) and isinstance(m.get("path"), str) and m["path"]]
 
     def close(self) -> None:
         self._bin_cache.clear()

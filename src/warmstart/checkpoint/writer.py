@@ -17,6 +17,7 @@ directory that looks like a model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -59,6 +60,37 @@ class WriteReport:
     total_bytes: int = 0
     copied_bytes: int = 0
     computed_bytes: int = 0
+    dry_run: bool = False  # nothing was written: the figures say what would be
+    parameters: int = 0
+    tensors: list[dict] = field(default_factory=list)  # dry runs: name, shape, dtype, how each tensor is made
+
+    def line(self) -> str:
+        verb = "would write" if self.dry_run else "wrote"
+        return (f"{verb} {self.path} ({len(self.files)} files, {self.total_bytes / 1e6:.1f} MB: "
+                f"{self.copied_bytes / 1e6:.1f} MB copied as bytes, {self.computed_bytes / 1e6:.1f} MB computed)")
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "files": self.files, "total_bytes": self.total_bytes,
+                "copied_bytes": self.copied_bytes, "computed_bytes": self.computed_bytes, "dry_run": self.dry_run,
+                "parameters": self.parameters, **({"tensors": self.tensors} if self.dry_run else {})}
+
+
+def dry_run_report(out: Path, tensors: Sequence[OutputTensor], max_shard_bytes: int,
+                   describe: Callable[[OutputTensor], str] | None = None) -> WriteReport:
+    """What write_model would write, computed from the tensors' names, shapes and sources alone."""
+    shards = plan_shards(tensors, max_shard_bytes)
+    names = shard_names(len(shards)) + (["model.safetensors.index.json"] if len(shards) > 1 else [])
+    report = WriteReport(Path(out), files=names, dry_run=True)
+    for t in tensors:
+        report.total_bytes += t.nbytes
+        if t.copy_from is not None:
+            report.copied_bytes += t.nbytes
+        else:
+            report.computed_bytes += t.nbytes
+        report.parameters += math.prod(t.shape)
+        how = describe(t) if describe else ("byte copy" if t.copy_from is not None else "computed")
+        report.tensors.append({"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "from": how})
+    return report
 
 
 def plan_shards(tensors: Sequence[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:
@@ -189,6 +221,47 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
+def generates(config: dict) -> bool:
+    """A model that generates text (and so has a generation_config.json); an encoder does not."""
+    archs = config.get("architectures") or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    return config.get("model_type") not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
+
+
+def copy_extra_files(files: Sequence[Path], directory: Path) -> None:
+    """Copy tokenizer and other side files into `directory`, keeping their place below the model folder."""
+    if not files:
+        return
+    base = Path(os.path.commonpath([str(Path(p).parent) for p in files]))
+    for src in map(Path, files):
+        dst = directory / src.relative_to(base)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def sentence_transformers_follow(directory: Path, config: dict) -> None:
+    """Keep a sentence-transformers model whole: module folders exist, pooling knows the new width."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    hidden = config.get("hidden_size", config.get("n_embd", config.get("d_model")))
+    for m in modules if isinstance(modules, list) else []:
+        if not isinstance(m, dict) or not isinstance(m.get("path"), str) or not m["path"]:
+            continue
+        folder = directory / m["path"]
+        if not folder.resolve().is_relative_to(directory.resolve()):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)  # Normalize has no files: sentence-transformers still wants it
+        pooling = folder / "config.json"
+        if str(m.get("type", "")).endswith("Pooling") and pooling.is_file() and hidden:
+            cfg = json.loads(pooling.read_text(encoding="utf-8"))
+            if cfg.get("word_embedding_dimension") != hidden:
+                cfg["word_embedding_dimension"] = hidden
+                write_json(pooling, cfg)
+
+
 def generation_config_for(config: dict) -> dict | None:
     """A minimal generation config for a causal LM whose source had none."""
     keys = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -202,26 +275,32 @@ def write_model(out: str | Path, tensors: Sequence[OutputTensor], *, config: dic
                 copy_files: Sequence[Path] = (), generation_config: dict | None = None,
                 finish: Callable[[Path], None] | None = None, force: bool = False,
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = False,
-                desc: str = "writing", inputs: Sequence = (), record: dict | None = None) -> WriteReport:
+                desc: str = "writing", inputs: Sequence = (), record: dict | None = None, dry_run: bool = False,
+                describe: Callable[[OutputTensor], str] | None = None) -> WriteReport:
     """Write a complete model directory atomically.
 
     `copy_files` (tokenizer files, generation_config.json) are copied as they
     are; `finish`, if given, may add files (e.g. a tokenizer's save_pretrained)
     to the temporary directory before it is renamed into place. The output
     may not overlap `inputs` nor any directory a tensor or file is copied
-    from; `record` is the provenance kept in ``warmstart.json``.
+    from; `record` is the provenance kept in ``warmstart.json``. With
+    `dry_run`, the output is checked as for a real run but nothing is
+    written: the report says what would be (`describe` names each tensor's
+    origin).
     """
     sources = {Path(f).parent for f in copy_files} | {t.copy_from[0].parent for t in tensors if t.copy_from}
+    if dry_run:
+        check_output(out, force, [*inputs, *sorted(sources)])
+        return dry_run_report(out, tensors, max_shard_bytes, describe)
     with atomic_directory(out, force, [*inputs, *sorted(sources)], record) as tmp:
         report = write_weights(tmp, tensors, max_shard_bytes=max_shard_bytes, progress=progress, desc=desc)
         write_json(tmp / "config.json", config)
-        names = {p.name for p in copy_files}
-        for src in copy_files:
-            shutil.copyfile(src, tmp / src.name)
-        if "generation_config.json" not in names:
+        copy_extra_files(copy_files, tmp)
+        if not (tmp / "generation_config.json").exists() and generates(config):
             gen = generation_config if generation_config is not None else generation_config_for(config)
             if gen is not None:
                 write_json(tmp / "generation_config.json", gen)
+        sentence_transformers_follow(tmp, config)
         if finish is not None:
             finish(tmp)
     report.path = Path(out)

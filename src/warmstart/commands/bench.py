@@ -1,17 +1,27 @@
-"""`warmstart bench RECIPE.yaml --out DIR`: how much sooner warm starts reach scratch's loss."""
+"""`warmstart bench RECIPE.yaml OUT`: how much sooner warm starts reach scratch's loss."""
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_threads, device_flag, set_threads
+import argparse
+import json
+from pathlib import Path
+
+from warmstart import api
+from warmstart.commands.common import add_json, add_threads, examples, quiet, set_threads
+from warmstart.errors import WarmstartError
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="train warm-started and scratch arms of a recipe and measure the head start",
                        description="Train every arm of a YAML recipe (scratch, grown from a source the bench "
                                    "pretrains, existing checkpoints, continued pretraining) and report tokens, FLOPs "
-                                   "and time to the target loss. Writes report.md, curves.png and results.json.")
+                                   "and time to the target loss. Writes report.md, curves.png and results.json.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart bench recipes/tiny.yaml runs/tiny",
+                                       "warmstart bench recipes/demo.yaml runs/demo --seeds 3 --jobs 2 --resume"))
     p.add_argument("recipe", help="recipe YAML file (see recipes/)")
-    p.add_argument("--out", required=True, help="output directory (written as .OUT.partial, renamed when done)")
+    p.add_argument("out", nargs="?", help="output directory (written as .OUT.partial, renamed when done)")
+    p.add_argument("--out", dest="out_flag", help=argparse.SUPPRESS)  # the grammar before OUT was positional
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the recipe's, else 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: finished arms are skipped, an interrupted arm goes on from "
@@ -27,24 +37,22 @@ def register(sub) -> None:
                    help="sources and arms trained at once, each in its own process with cores/jobs torch threads "
                         "(default 1); on a CPU, one job per core finishes the runs soonest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from warmstart.bench import recipe as R
-    from warmstart.bench.run import run_bench
-    from warmstart.errors import WarmstartError
-
-    if args.seeds is not None and args.seeds < 1:
-        raise WarmstartError(f"--seeds must be at least 1, got {args.seeds}")
-    recipe = R.load(args.recipe)
+    out = args.out or args.out_flag
+    if out is None:
+        raise WarmstartError("give the output directory: warmstart bench RECIPE OUT")
+    quiet(args)
     set_threads(args.threads)
-    results = run_bench(recipe, args.out, seeds=args.seeds, resume=args.resume, force=args.force,
-                        progress=not args.quiet, cpu=device_flag(args.device),
-                        source_cache=not args.no_cache, jobs=args.jobs)
+    results = api.bench(args.recipe, out, seeds=args.seeds, resume=args.resume, force=args.force, device=args.device,
+                        cache=not args.no_cache, jobs=args.jobs, progress=not args.quiet)
     if results is not None:
-        from pathlib import Path
-
-        print((Path(args.out) / "report.md").read_text())
-        print(f"plot: {Path(args.out) / 'curves.png'}")
+        if args.json:
+            print(json.dumps(results, indent=2, default=str))
+        else:
+            print((Path(out) / "report.md").read_text())
+            print(f"plot: {Path(out) / 'curves.png'}")
     return 0

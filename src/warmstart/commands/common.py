@@ -2,60 +2,69 @@
 
 from __future__ import annotations
 
-import re
+import json
+import os
 
+from warmstart.api import parse_size  # noqa: F401  (re-exported for the commands)
 from warmstart.errors import WarmstartError
 
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
-
-def parse_size(text: str | None) -> int | None:
-    """'2GB', '500MB', '1.5GiB' or a byte count -> bytes."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise WarmstartError(f"cannot read size {text!r} (examples: 2GB, 500MB, 1GiB)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if value <= 0:
-        raise WarmstartError(f"size must be positive, got {text!r}")
-    return value
-
-
-def add_output_args(p) -> None:
-    """--force, --dtype, --max-shard-size and --quiet, as every writing command takes them."""
-    p.add_argument("--force", action="store_true", help="replace the output if it exists")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
-                   help="cast floating tensors (default: keep each tensor's dtype)")
+def add_output_args(p, dtype: bool = True) -> None:
+    """--force, --dtype, --max-shard-size, --dry-run, --json and --quiet, as every model-writing command takes them."""
+    p.add_argument("--force", action="store_true", help="replace the output if it exists (only what warmstart wrote)")
+    if dtype:
+        p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                       help="cast floating tensors (default: keep each tensor's dtype)")
     p.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the plan (each output tensor's origin with --json), write nothing")
+    add_json(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars (transformers' included)")
 
 
-def write_chain(args, steps, *, where: str = "steps", path=None) -> int:
-    """Apply `steps` to args.model as one streaming chain, print the summary, verify if asked (grow, shrink, run)."""
-    from warmstart.ops.chain import apply_chain
+def add_json(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    result = apply_chain(args.model, args.out, steps, dtype=args.dtype, force=args.force,
-                         max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet,
-                         optimizer_state=args.optimizer_state, where=where, path=path)
-    for line in result.summary():
-        print(line)
-    if args.verify:
-        return print_verify(args.model, result.out)
+
+def examples(*lines: str) -> str:
+    """The epilog every --help ends with: one or two real examples."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def emit(args, result) -> int:
+    """Print a result: its lines, or its JSON with --json."""
+    if getattr(args, "json", False):
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        for line in result.lines():
+            print(line)
+    verify = getattr(result, "verify", None)
+    if verify is not None and not getattr(args, "json", False):
+        for line in verify.lines():
+            print(line)
     return 0
 
 
-def print_verify(source, out) -> int:
-    import transformers
+def quiet(args) -> None:
+    """--quiet: no progress bar anywhere, transformers' and huggingface_hub's included."""
+    if getattr(args, "quiet", False):
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
+        try:
+            import transformers
 
-    from warmstart.verify import compare
+            transformers.utils.logging.disable_progress_bar()
+        except ImportError:
+            pass
 
-    transformers.utils.logging.disable_progress_bar()
 
-    report = compare(source, out)
-    for line in report.lines():
-        print(line)
-    return 0
+def output_options(args) -> dict:
+    """The keyword arguments of the API that the output flags give."""
+    quiet(args)
+    opts = dict(force=args.force, max_shard_size=args.max_shard_size, dry_run=args.dry_run, progress=not args.quiet)
+    if hasattr(args, "dtype"):
+        opts["dtype"] = args.dtype
+    return opts
 
 
 def add_threads(p) -> None:

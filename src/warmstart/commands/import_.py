@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import parse_size
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_output_args, emit, examples, output_options
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import", help="convert a GGUF file into a Hugging Face safetensors directory")
-    p.add_argument("gguf", help="GGUF file (llama architecture)")
+    p = sub.add_parser("import", help="convert a GGUF file into a Hugging Face safetensors directory",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart import smollm2-135m-instruct-q8_0.gguf SmolLM2-135M",
+                                       "warmstart import model.gguf model-hf --dtype bf16 --dry-run"))
+    p.add_argument("gguf", help="GGUF file")
     p.add_argument("out", help="output directory")
+    add_output_args(p, dtype=False)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dequantized dtype (default fp32)")
-    p.add_argument("--force", action="store_true", help="replace the output if it exists")
-    p.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from warmstart.checkpoint.dtypes import parse_user_dtype
-    from warmstart.checkpoint.gguf import import_gguf
-
-    out = import_gguf(args.gguf, args.out, dtype=parse_user_dtype(args.dtype), force=args.force,
-                      max_shard_bytes=parse_size(args.max_shard_size), progress=not args.quiet)
-    print(f"imported {args.gguf} -> {out}")
-    return 0
+    return emit(args, api.import_gguf(args.gguf, args.out, **output_options(args)))

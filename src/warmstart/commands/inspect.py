@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_json, emit, examples
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="print a model's family, shapes, parameter count and dtype")
+    p = sub.add_parser("inspect", help="print a model's family, shapes, parameter count, dtype and provenance",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart inspect SmolLM2-135M", "warmstart inspect SmolLM2-grown --json"))
     p.add_argument("model", help="Hugging Face model directory")
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from warmstart.arch.summary import format_summary, summarize
-
-    summary = summarize(args.model)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    return 0
+    return emit(args, api.inspect(args.model))

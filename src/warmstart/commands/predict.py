@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+
+from warmstart.commands.common import examples
+from warmstart.errors import WarmstartError
+from warmstart.schedules.loss_law import plot_prediction, predict, read_log
+from warmstart.schedules.plot import check_output
+from warmstart.schedules.spec import resolve
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="fit a loss-vs-schedule law to a training log and predict the loss of another schedule",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples("warmstart predict runs/tiny/seed-0/arms/scratch/log.jsonl --fit-schedule "
+                        "'cosine(warmup=1, min_ratio=0.1)' --schedule 'wsd(decay=0.2)' --out pred.png"),
     )
     p.add_argument("log", help="JSONL or CSV log with step, lr and eval_loss/loss/train_loss")
     p.add_argument("--fit-schedule", required=True, metavar="SPEC", help="the schedule the logged run used")
@@ -20,11 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.errors import WarmstartError
-    from warmstart.schedules.loss_law import plot_prediction, predict, read_log
-    from warmstart.schedules.plot import check_output
-    from warmstart.schedules.spec import resolve
-
     if args.steps is not None and args.steps < 1:
         raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
     if not 0.0 <= args.lam < 1.0:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, write_chain
-from warmstart.ops.chain import load_recipe
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_output_args, emit, examples, output_options
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="apply a recipe: a chain of grow/shrink operations on one model, written once")
+    p = sub.add_parser("run", help="apply a recipe: a chain of grow/shrink operations on one model, written once",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart run recipe.yaml --verify",
+                                       "warmstart run recipe.yaml --model SmolLM2-135M --out grown --dry-run"))
     p.add_argument("recipe", help="YAML file with model, out and steps: [{op: NAME, PARAM: VALUE, ...}, ...]")
     p.add_argument("--model", help="override the recipe's model")
     p.add_argument("--out", help="override the recipe's output")
@@ -17,9 +22,4 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    recipe, steps = load_recipe(args.recipe)
-    args.model = args.model or recipe.model
-    args.out = args.out or recipe.out
-    args.dtype = args.dtype or recipe.dtype
-    args.optimizer_state = recipe.optimizer_state
-    return write_chain(args, steps, path=args.recipe)
+    return emit(args, api.run(args.recipe, model=args.model, out=args.out, verify=args.verify, **output_options(args)))

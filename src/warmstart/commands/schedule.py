@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+
+from warmstart.commands.common import examples
+from warmstart.errors import WarmstartError
+from warmstart.schedules.plot import check_output, plot_schedules
+from warmstart.schedules.spec import resolve
+
 
 def register(sub) -> None:
-    p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules")
+    p = sub.add_parser("schedule", help="show or plot closed-form learning-rate schedules",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart schedule show 'wsd(total=1000, warmup=50, decay=0.2)' --every 100",
+                                       "warmstart schedule plot cosine 'wsd(decay=0.2)' --steps 1000 --out lr.pdf"))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=_no_action, _parser=p)
 
-    show = actions.add_parser("show", help="print step and lr as a table")
+    show = actions.add_parser("show", help="print step and lr as a table",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=examples("warmstart schedule show 'peak=3e-4; warmup:linear:100 > "
+                                              "decay:cosine:900' --every 100"))
     show.add_argument("spec", help="schedule spec, e.g. 'peak=3e-4; warmup:linear:100 > decay:cosine:900' or a .yaml/.json file")
     show.add_argument("--steps", type=int, default=None, help="rows up to this many steps (default: the schedule's length); also the total for a bare preset")
     show.add_argument("--peak", type=float, default=None, help="peak lr (overrides the spec's peak=)")
     show.add_argument("--every", type=int, default=1, help="print every K-th step (the last step is always printed)")
     show.set_defaults(func=run)
 
-    plot = actions.add_parser("plot", help="draw several schedules on one figure")
+    plot = actions.add_parser("plot", help="draw several schedules on one figure",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=examples("warmstart schedule plot cosine 'wsd(decay=0.2)' --steps 1000 "
+                                              "--out lr.png"))
     plot.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs (or spec files)")
     plot.add_argument("--steps", type=int, default=None, help="x range (default: the longest schedule); also the total for bare presets")
     plot.add_argument("--peak", type=float, default=None, help="peak lr for every schedule (overrides peak=)")
-    plot.add_argument("--out", required=True, help="PNG file to write")
+    plot.add_argument("--out", required=True, help="figure to write: .png, .pdf or .svg")
     plot.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     plot.set_defaults(func=run)
 
@@ -30,11 +47,6 @@ def _no_action(args) -> int:
 
 
 def run(args) -> int:
-    import math
-
-    from warmstart.errors import WarmstartError
-    from warmstart.schedules.spec import resolve
-
     if args.steps is not None and args.steps < 1:
         raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
     if args.peak is not None and not (args.peak > 0 and math.isfinite(args.peak)):
@@ -47,8 +59,6 @@ def run(args) -> int:
         n = args.steps if args.steps is not None else sched.num_steps
         print(format_table(sched, n, peak=args.peak, every=args.every))
         return 0
-
-    from warmstart.schedules.plot import check_output, plot_schedules
 
     out = check_output(args.out, args.force)
     scheds = [resolve(spec, total=args.steps) for spec in args.specs]

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, write_chain
-from warmstart.errors import WarmstartError
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_output_args, emit, examples, output_options
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "shrink", help="shrink a model: keep N layers (evenly spaced or the first N) and/or select "
-                       "evenly spaced units of every width (Weight Selection)")
+                       "evenly spaced units of every width (Weight Selection)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples("warmstart shrink SmolLM2-135M small --layers 6 --hidden 192 --intermediate 512 "
+                        "--heads 3 --kv-heads 1",
+                        "warmstart shrink SmolLM2-135M shallow --layers 15 --dry-run"))
     p.add_argument("model", help="source model directory")
     p.add_argument("out", help="output directory")
     p.add_argument("--layers", type=int, help="number of layers to keep")
-    p.add_argument("--layer-method", choices=("drop", "select"), default="drop",
+    p.add_argument("--depth-method", "--layer-method", dest="depth_method", choices=("drop", "select"), default="drop",
                    help="drop: keep N evenly spaced layers, first and last included (default); "
                         "select: keep the first N layers (Weight Selection's layer selection)")
     p.add_argument("--hidden", type=int, help="target hidden size")
@@ -29,13 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    steps = []
-    width = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads")
-             if getattr(args, k) is not None}
-    if width:
-        steps.append(("select", {**width, "seed": args.seed}))
-    if args.layers is not None:
-        steps.append(("drop", {"layers": args.layers, "keep": "first" if args.layer_method == "select" else "even"}))
-    if not steps:
-        raise WarmstartError("nothing to do: give --layers and/or --hidden, --intermediate, --heads, --kv-heads")
-    return write_chain(args, steps)
+    options = {k: getattr(args, k) for k in ("layers", "depth_method", "hidden", "intermediate", "heads", "kv_heads",
+                                             "seed")}
+    return emit(args, api.shrink(args.model, args.out, optimizer_state=args.optimizer_state, verify=args.verify,
+                                 **options, **output_options(args)))

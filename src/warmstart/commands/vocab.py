@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from warmstart.commands.common import add_output_args, parse_size
+import argparse
+
+from warmstart import api
+from warmstart.commands.common import add_output_args, emit, examples, output_options
 from warmstart.vocab.methods import METHODS
 
 
 def register(sub) -> None:
-    p = sub.add_parser("vocab", help="give a model a new tokenizer, its embedding rows computed from the old ones")
+    p = sub.add_parser("vocab", help="give a model a new tokenizer, its embedding rows computed from the old ones",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("warmstart vocab SmolLM2-135M SmolLM2-bard --tokenizer bard-tok --method fvt",
+                                       "warmstart vocab SmolLM2-135M SmolLM2-bard --tokenizer bard-tok --method focus "
+                                       "--corpus plays/*.txt"))
     p.add_argument("model", help="source model directory (with its tokenizer.json)")
     p.add_argument("out", help="output directory")
     p.add_argument("--tokenizer", required=True, metavar="NEW", help="new tokenizer: a directory or a tokenizer.json")
@@ -33,12 +40,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from warmstart.vocab import transplant
-
-    options = {"k": args.k, "temperature": args.temperature, "aux_dim": args.aux_dim, "aux_epochs": args.aux_epochs}
-    report = transplant(args.model, args.out, args.tokenizer, args.method, mode=args.mode, corpus=args.corpus,
-                        donor=args.donor, aligned=args.aligned_embeddings, options=options, seed=args.seed,
-                        force=args.force, dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size),
-                        progress=not args.quiet)
-    print(report.summary())
-    return 0
+    return emit(args, api.vocab(args.model, args.out, args.tokenizer, method=args.method, mode=args.mode,
+                                corpus=args.corpus, donor=args.donor, aligned_embeddings=args.aligned_embeddings,
+                                k=args.k, temperature=args.temperature, aux_dim=args.aux_dim,
+                                aux_epochs=args.aux_epochs, seed=args.seed, **output_options(args)))

@@ -99,13 +99,13 @@ def check_steps(steps: Sequence[int] | None, n: int) -> list[int] | None:
     out = []
     for s in steps:
         if isinstance(s, bool) or not float(s).is_integer():
-            raise MergeError(f"--steps: {s!r} is not a whole step number")
+            raise MergeError(f"--input-steps: {s!r} is not a whole step number")
         out.append(int(s))
     if len(out) != n:
-        raise MergeError(f"--steps gives {len(out)} steps for {n} checkpoints")
+        raise MergeError(f"--input-steps gives {len(out)} steps for {n} checkpoints")
     for a, b in zip(out, out[1:]):
         if b <= a:
-            raise MergeError(f"--steps must increase (checkpoints are given oldest first): {a} then {b}")
+            raise MergeError(f"--input-steps must increase (checkpoints are given oldest first): {a} then {b}")
     return out
 
 
@@ -184,13 +184,13 @@ def ema(n: int, ema_decay: float | None = None, ema_half_life: float | None = No
         if h <= 0:
             raise MergeError(f"--ema-half-life must be positive, got {h}")
         if steps is None:
-            raise MergeError("--ema-half-life is in steps: give the checkpoints' training steps with --steps")
+            raise MergeError("--ema-half-life is in steps: give the checkpoints' training steps with --input-steps")
         decays = [1.0] + [0.5 ** ((b - a) / h) for a, b in zip(steps, steps[1:])]
         note = f"half-life {h:g} steps"
     return Coefficients("ema", ema_coefficients(decays), notes=[note])
 
 
-# Without --steps, wsm takes the checkpoints as equally spaced and far apart:
+# Without --input-steps, wsm takes the checkpoints as equally spaced and far apart:
 # segments this many updates long make the segment means the decay's
 # continuous-time averages to within about 1/(2 * CONTINUOUS_INTERVAL).
 CONTINUOUS_INTERVAL = 1000
@@ -211,7 +211,7 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
     if steps is None:
         return list(wsm_weights(shape, n, CONTINUOUS_INTERVAL, end))
     if steps[-1] - steps[0] > MAX_WSM_SPAN:
-        raise MergeError(f"--steps span {steps[-1] - steps[0]} updates; wsm evaluates the decay update by update "
+        raise MergeError(f"--input-steps span {steps[-1] - steps[0]} updates; wsm evaluates the decay update by update "
                          f"and takes at most {MAX_WSM_SPAN} (give the steps in coarser units)")
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     if len(set(gaps)) == 1:

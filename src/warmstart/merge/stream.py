@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES
 from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
@@ -172,6 +172,23 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)
     total_bytes: int = 0
     fisher_files: list[Path] = field(default_factory=list)
+    write: Any = None  # the writer's report (a dry run's says what would be written)
+
+    def lines(self) -> list[str]:
+        coeffs = ", ".join(f"{c:.6g}" for c in self.coefficients)
+        label = "lambdas" if self.method == "fisher" else "coefficients"
+        out = [f"merged {len(self.inputs)} checkpoints with {self.method} ({label} {coeffs}"
+               + (f"; {'; '.join(self.notes)}" if self.notes else "") + ")"]
+        out += [f"  Fisher: {path}" for path in self.fisher_files]
+        verb = "would write" if self.write is not None and self.write.dry_run else "wrote"
+        out.append(f"{verb} {self.path} ({self.total_bytes / 1e6:.1f} MB)")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "method": self.method, "coefficients": self.coefficients,
+                "inputs": [str(p) for p in self.inputs], "notes": self.notes, "total_bytes": self.total_bytes,
+                "fisher_files": [str(p) for p in self.fisher_files],
+                "write": self.write.as_dict() if self.write is not None else None}
 
 
 def merge_checkpoints(
@@ -194,6 +211,7 @@ def merge_checkpoints(
     max_shard_bytes: int | None = None,
     progress: bool = False,
     threads: int | None = 1,
+    dry_run: bool = False,
 ) -> MergeReport:
     """Merge the checkpoint directories `inputs` (oldest first for ema/wsm) into `out`.
 
@@ -266,12 +284,8 @@ def merge_checkpoints(
             def fn(*readers):
                 return combine.combine_linear(readers, plain)
         steps_.append(Step(name, tuple(info.shape), info.dtype, refs, fn, note=method))
-    plan = Plan(sources, steps_).with_dtype(code)
-
+    plan = Plan(sources, steps_)
     config = dict(first.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
     copy_files = next((c.extra_files() for c in ckpts if c.extra_files()), [])
     record = {
         "method": method,
@@ -291,12 +305,12 @@ def merge_checkpoints(
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        report = execute(plan, out, config=config, copy_files=copy_files, force=force,
+        report = execute(plan, out, config=config, copy_files=copy_files, force=force, dtype=code,
                          max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merging ({method})",
-                         finish=finish)
+                         finish=finish, dry_run=dry_run, record={"command": "merge", "method": method})
     finally:
         torch.set_num_threads(before)
         for f in files:
             f.close()
     return MergeReport(Path(out), method, values, [c.path for c in ckpts], list(coeffs.notes),
-                       report.total_bytes, fisher_paths)
+                       report.total_bytes, fisher_paths, report)

@@ -26,7 +26,8 @@ bench arm or the grow/shrink flags.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warmstart.arch import open_model
 from warmstart.checkpoint.atomic import check_output
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.errors import ParamError, SpecError, WarmstartError
 from warmstart.ops import registry
 from warmstart.ops.optimizer_carry import OUTPUT_NAME, load_state, plan_carry, write_carry
@@ -51,7 +52,22 @@ class ChainResult:
     optimizer_state: Path | None = None
     optimizer_copied: int = 0
     optimizer_fresh: int = 0
-    lines: list[str] = field(default_factory=list)
+    verify: Any = None  # verify.VerifyReport when asked to compare the output with the source
+
+    def lines(self) -> list[str]:
+        """What the commands print: the summary, and for a dry run the plan, block by block."""
+        out = self.summary()
+        if self.report.dry_run:
+            out[-1:-1] = [f"plan: {len(self.report.tensors)} tensors, {self.report.parameters:,} parameters"]
+            out[-1:-1] = ["  " + line for line in block_summary(self.report.tensors)]
+        return out
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out), "steps": [{"op": n, **p} for n, p in self.steps],
+                "exact": self.transform.exact, "notes": self.transform.notes, "config": self.transform.config,
+                "write": self.report.as_dict(),
+                "optimizer_state": str(self.optimizer_state) if self.optimizer_state else None,
+                "verify": self.verify.as_dict() if self.verify is not None else None}
 
     def summary(self) -> list[str]:
         """What the commands print: operations, exactness notes, output."""
@@ -61,14 +77,33 @@ class ChainResult:
         out.append("exactness: " + {True: "exact (the output computes the same function as the source)",
                                     False: "not function-preserving (a warm start for further training)",
                                     None: "not applicable"}[exact])
-        r = self.report
-        out.append(f"wrote {r.path} ({len(r.files)} files, {r.total_bytes / 1e6:.1f} MB: "
-                   f"{r.copied_bytes / 1e6:.1f} MB copied as bytes, {r.computed_bytes / 1e6:.1f} MB computed)")
+        out.append(self.report.line())
         if self.optimizer_state is not None:
             out.append(f"optimizer state carried over to {self.optimizer_state}: moments of "
                        f"{self.optimizer_copied} parameters copied, {self.optimizer_fresh} new parameters start "
                        "at zero (step 0)")
         return out
+
+
+_BLOCK = re.compile(r"([A-Za-z0-9_.]*?(?:layers|layer|h|blocks)\.\d+)\.")
+
+
+def block_summary(tensors: list[dict]) -> list[str]:
+    """One line per output block (and one for the rest): how many tensors, and where they come from."""
+    groups: dict[str, list[str]] = {}
+    for t in tensors:
+        m = _BLOCK.match(t["name"])  # anchored: the output block itself
+        groups.setdefault(m.group(1) if m else "outside the blocks", []).append(t["from"])
+    out = []
+    for name, froms in groups.items():
+        kinds: dict[str, int] = {}
+        for f in froms:
+            kind = {"copy": "copied", "new,": "new", "new": "new"}.get(f.split(" ", 1)[0], "computed")
+            m = _BLOCK.search(f + ".")
+            key = f"{kind} from {m.group(1)}" if m else kind
+            kinds[key] = kinds.get(key, 0) + 1
+        out.append(f"{name} ({len(froms)} tensors): " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    return out
 
 
 def describe_step(name: str, params: dict) -> str:
@@ -79,7 +114,7 @@ def describe_step(name: str, params: dict) -> str:
 def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]], *, dtype: str | None = None,
                 force: bool = False, max_shard_bytes: int | None = None, progress: bool = False,
                 optimizer_state: str | Path | None = None, where: str | Callable[[int], str] = "steps",
-                path: str | Path | None = None) -> ChainResult:
+                path: str | Path | None = None, dry_run: bool = False) -> ChainResult:
     """Plan `steps` on the model at `src` and write the result to `out` atomically.
 
     `where` and `path` say how an error names its step (``steps[1].layers``
@@ -92,23 +127,18 @@ def apply_chain(src: str | Path, out: str | Path, steps: list[tuple[str, dict]],
     carry = None
     if optimizer_state is not None:
         carry = plan_carry(model, transform, load_state(optimizer_state), [name for name, _ in steps])
-    plan = transform.plan.with_dtype(code)
-    config = dict(transform.config)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
 
     def finish(tmp: Path) -> None:
         if carry is not None:
             write_carry(tmp, carry, progress)
 
-    record = {"command": "chain", "source": str(src), "steps": [{"op": n, **p} for n, p in steps],
-              "exact": transform.exact}
-    report = execute(plan, out, config=config, copy_files=model.checkpoint.extra_files(), force=force,
+    record = {"chain": [{"op": n, **p} for n, p in steps], "exact": transform.exact}
+    report = execute(transform.plan, out, config=dict(transform.config), copy_files=model.checkpoint.extra_files(),
+                     force=force, dtype=code,
                      max_shard_bytes=max_shard_bytes, progress=progress, desc="writing", finish=finish,
-                     record=record)
+                     record=record, dry_run=dry_run)
     result = ChainResult(out, steps, transform, report)
-    if carry is not None:
+    if carry is not None and not dry_run:
         result.optimizer_state = out / OUTPUT_NAME
         result.optimizer_copied, result.optimizer_fresh = carry.copied, carry.fresh
     return result

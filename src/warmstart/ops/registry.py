@@ -21,6 +21,7 @@ from warmstart.arch.spec import describe
 from warmstart.errors import ParamError, SpecError, WarmstartError
 from warmstart.plan import PlannedCheckpoint, compose
 from warmstart.registry import Registry
+from warmstart.registry import summary as first_line
 
 
 @dataclass
@@ -46,8 +47,7 @@ OPERATIONS: Registry[Operation] = Registry("method", package="warmstart.ops")
 
 def register(name: str, kind: str, summary: str = ""):
     """Decorator: make `fn(model, **params) -> Transform` available as `name`."""
-    return OPERATIONS.decorator(
-        name, lambda fn: Operation(name, kind, fn, summary or (fn.__doc__ or "").strip().splitlines()[0]))
+    return OPERATIONS.decorator(name, lambda fn: Operation(name, kind, fn, first_line(fn, summary)))
 
 
 def load_all() -> dict[str, Operation]:

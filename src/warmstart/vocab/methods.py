@@ -25,6 +25,7 @@ import numpy as np
 
 from warmstart.errors import WarmstartError
 from warmstart.registry import Registry
+from warmstart.registry import summary as first_line
 from warmstart.vocab.aux_embeddings import read_vec, token_vectors
 from warmstart.vocab.match import Match, Vocab, retokenize
 
@@ -139,8 +140,7 @@ METHODS: Registry[Method] = Registry("vocabulary method")
 
 def register(name: str, needs: tuple[str, ...] = (), summary: str = ""):
     """Decorator: make `fn(ctx) -> Init` available as method `name`."""
-    return METHODS.decorator(
-        name, lambda fn: Method(name, fn, needs, summary or (fn.__doc__ or "").strip().splitlines()[0]))
+    return METHODS.decorator(name, lambda fn: Method(name, fn, needs, first_line(fn, summary)))
 
 
 def get_method(name: str) -> Method:

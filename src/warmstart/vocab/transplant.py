@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from warmstart.arch import open_model
-from warmstart.checkpoint.dtypes import config_dtype_name, parse_user_dtype
+from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.checkpoint.writer import check_output
 from warmstart.errors import WarmstartError
 from warmstart.plan import Plan, Ref, Step, copy_step, execute
@@ -52,13 +52,22 @@ class TransplantReport:
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     tensors_computed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        return [self.summary()]
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["path"] = str(self.path)
+        return d
 
     def summary(self) -> str:
         t = self.timings
         aux = ""
         if "aux_training_s" in t:
             aux = " (cached)" if t.get("aux_cached") else f" (+ {t['aux_training_s']:.1f}s aux-embedding training)"
-        return (f"wrote {self.path}: {self.method}/{self.mode}, vocabulary {self.old_vocab} -> {self.rows} rows; "
+        return (f"{'would write' if self.dry_run else 'wrote'} {self.path}: {self.method}/{self.mode}, vocabulary {self.old_vocab} -> {self.rows} rows; "
                 f"{self.copied} copied, {self.combined} combined, {self.filled} filled; "
                 f"special roles kept: {', '.join(sorted(self.by_role)) or 'none'}; "
                 f"rows computed in {t.get('method_s', 0):.1f}s{aux}, written in {t.get('write_s', 0):.1f}s")
@@ -220,7 +229,7 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                mode: str = "replace", corpus: Sequence[str | Path] = (), donor: str | Path | None = None,
                aligned: tuple[str | Path, str | Path] | None = None, options: dict[str, Any] | None = None,
                seed: int = 0, force: bool = False, dtype: str | None = None, max_shard_bytes: int | None = None,
-               progress: bool = False) -> TransplantReport:
+               progress: bool = False, dry_run: bool = False) -> TransplantReport:
     """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`."""
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
@@ -296,9 +305,6 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
 
     real_rows = len(old)
     config = _config_for(model, out_rows, roles)
-    if code is not None:
-        config["torch_dtype"] = config_dtype_name(code)
-        config.pop("dtype", None)
     gen = _generation_config(model_dir, config, roles)
 
     ckpt = model.checkpoint
@@ -319,14 +325,16 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                               note=f"vocabulary rows ({meth.name})"))
         else:
             steps.append(copy_step(0, ckpt, name))
-    plan = Plan([ckpt], steps).with_dtype(code)
+    plan = Plan([ckpt], steps)
 
     def finish(tmp: Path) -> None:
         save_tokenizer(str(tmp))
 
     t1 = time.perf_counter()
-    report = execute(plan, out, config=config, copy_files=[], force=force, max_shard_bytes=max_shard_bytes,
-                     progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen)
+    report = execute(plan, out, config=config, copy_files=[], force=force, dtype=code, max_shard_bytes=max_shard_bytes,
+                     progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen,
+                     dry_run=dry_run, record={"command": "vocab", "method": meth.name, "mode": mode, "seed": seed,
+                                              "tokenizer": str(tokenizer), "exact": False})
     write_s = time.perf_counter() - t1
     combined = int(out_init.combined().sum())
     filled = int(out_init.filled().sum())
@@ -334,5 +342,5 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
         path=report.path, method=meth.name, mode=mode, old_vocab=len(old), new_vocab=len(new), rows=out_rows,
         copied=int((out_init.source >= 0).sum()), combined=combined, filled=filled, by_role=match.by_role,
         stats=init.stats, timings={**ctx.timings, "method_s": method_s, "write_s": write_s},
-        tensors_computed=sorted(vocab_tensors),
+        tensors_computed=sorted(vocab_tensors), dry_run=dry_run,
     )
