@@ -211,8 +211,8 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
     if steps is None:
         return list(wsm_weights(shape, n, CONTINUOUS_INTERVAL, end))
     if steps[-1] - steps[0] > MAX_WSM_SPAN:
-        raise MergeError(f"--input-steps span {steps[-1] - steps[0]} updates; wsm evaluates the decay update by update "
-                         f"and takes at most {MAX_WSM_SPAN} (give the steps in coarser units)")
+        raise MergeError(f"--input-steps span {steps[-1] - steps[0]} updates; wsm evaluates the decay update by "
+                         f"update and takes at most {MAX_WSM_SPAN} (give the steps in coarser units)")
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     if len(set(gaps)) == 1:
         return list(wsm_weights(shape, n, gaps[0], end))
