@@ -279,9 +279,12 @@ def inspect(model) -> InspectResult:
 
     summary = summarize(model)
     try:
-        rec = json.loads((Path(model) / RECORD).read_text(encoding="utf-8"))
+        record = Path(model) / RECORD
+        if not record.is_file():  # absent, or a FIFO/device that must not be read
+            raise FileNotFoundError(record)
+        rec = json.loads(read_bytes(record, RECORD).decode("utf-8"))
         summary["provenance"] = {k: v for k, v in rec.items() if k != "files"} if isinstance(rec, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, WarmstartError):
         summary["provenance"] = None
     return InspectResult(summary)
 

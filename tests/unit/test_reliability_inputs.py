@@ -686,3 +686,12 @@ def test_bench_recipe_counts_bounded(edit, words, tmp_path):
     with pytest.raises(R.RecipeError) as info:
         R.parse(recipe, "r.yaml")
     assert words in info.value.line() and "limit" in info.value.line()
+
+
+def test_fifo_side_files_in_a_model_dir_are_not_read(tiny_llama, tmp_path, capsys):
+    """Optional side files (provenance record, sentence-transformers modules) that are FIFOs are skipped, not read."""
+    os.mkfifo(tiny_llama / "warmstart.json")
+    os.mkfifo(tiny_llama / "modules.json")
+    assert main(["inspect", str(tiny_llama)]) == 0
+    assert main(["convert", str(tiny_llama), str(tmp_path / "o"), "--quiet"]) == 0
+    assert (tmp_path / "o" / "model.safetensors").is_file()

@@ -280,9 +280,12 @@ class Checkpoint:
         return files
 
     def _sentence_transformer_modules(self) -> list[str]:
+        path = self.path / "modules.json"
+        if not path.is_file():  # absent, or a FIFO/device that must not be read
+            return []
         try:
-            modules = json.loads((self.path / "modules.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            modules = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return []
         if not isinstance(modules, list):
             return []
