@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from warmstart.checkpoint.atomic import RECORD
 from warmstart.checkpoint.dtypes import parse_user_dtype
 from warmstart.errors import WarmstartError
+from warmstart.inputs import check_text_file, read_bytes
 from warmstart.ops import registry
 from warmstart.ops.chain import ChainResult, apply_chain, load_recipe
 
@@ -330,9 +331,12 @@ def inspect(model) -> InspectResult:
 
     summary = summarize(model)
     try:
-        rec = json.loads((Path(model) / RECORD).read_text(encoding="utf-8"))
+        record = Path(model) / RECORD
+        if not record.is_file():  # absent, or a FIFO/device that must not be read
+            raise FileNotFoundError(record)
+        rec = json.loads(read_bytes(record, RECORD).decode("utf-8"))
         summary["provenance"] = {k: v for k, v in rec.items() if k != "files"} if isinstance(rec, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, WarmstartError):
         summary["provenance"] = None
     return InspectResult(summary)
 
@@ -347,10 +351,9 @@ def compare(source, derived, *, text: str | None = None, max_tokens: int = 128):
     if text == "hamlet" and not Path(text).exists():
         body, name = hamlet_text(), "Hamlet passage"
     elif text is not None:
-        try:
-            body = Path(text).read_text(encoding="utf-8", errors="replace")
-        except OSError as err:
-            raise WarmstartError(f"cannot read text file: {err.strerror or err}", text) from None
+        # a regular UTF-8 text file (never a FIFO or device, never random bytes)
+        check_text_file(Path(text), "text file")
+        body = read_bytes(Path(text), "text file", 64 * 1024 * 1024).decode("utf-8", errors="replace")
         name = f"text in {text}"
     return _compare(source, derived, text=body, max_tokens=max_tokens, text_name=name)
 

@@ -70,8 +70,11 @@ class VerifyReport:
     hidden_layout: str | None = None  # encoders: "same", "tiled xK", "interleaved xK", or None
     sentences: int = 0
     similarity_max_diff: float | None = None  # encoders: max |cos_src - cos_grown| over sentence pairs
+    tokenizer_mismatch: str | None = None  # the two directories' tokenizers differ: never "exact"
 
     def passed(self, tol: float = TOLERANCE) -> bool:
+        if self.tokenizer_mismatch is not None:
+            return False
         if self.causal:
             return self.max_rel is not None and self.max_rel <= tol and self.top1_agreement == 1.0
         ok = self.similarity_max_diff is not None and self.similarity_max_diff <= tol
@@ -95,6 +98,8 @@ class VerifyReport:
         if self.similarity_max_diff is not None:
             out.append(f"  sentence cosine similarity ({self.sentences} sentences, mean pooling): "
                        f"max abs difference {self.similarity_max_diff:.3e}")
+        if self.tokenizer_mismatch is not None:
+            out.append(f"  tokenizers differ: {self.tokenizer_mismatch} (the same ids mean different text)")
         return out
 
     def as_dict(self) -> dict:
@@ -136,6 +141,42 @@ def _load(path: Path, family):
 def load(path: str | Path):
     """A model directory loaded for comparison: fp32, eval mode, the family's Auto class, no remote code."""
     return _load(Path(path), open_model(path).family)
+
+
+def tokenizer_difference(src: Path, dst: Path) -> str | None:
+    """How the two directories' tokenizers differ (vocabulary, then added tokens), or None when they agree.
+
+    Only directories that both carry a tokenizer are compared; the text is
+    tokenized with one of them, so a model whose ids mean other tokens can
+    score "exact" on logits while computing something else entirely.
+    """
+    from transformers import AutoTokenizer
+
+    toks = []
+    for path in (src, dst):
+        if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")):
+            return None
+        try:
+            toks.append(AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False))
+        except Exception:
+            return None
+    va, vb = toks[0].get_vocab(), toks[1].get_vocab()
+    if va != vb:
+        by_id_a = {i: t for t, i in va.items()}
+        by_id_b = {i: t for t, i in vb.items()}
+        for i in sorted(set(by_id_a) | set(by_id_b)):
+            if by_id_a.get(i) != by_id_b.get(i):
+                return f"id {i} is {by_id_a.get(i)!r} in {src} but {by_id_b.get(i)!r} in {dst}"
+    ta, tb = toks[0].backend_tokenizer if hasattr(toks[0], "backend_tokenizer") else None, \
+        toks[1].backend_tokenizer if hasattr(toks[1], "backend_tokenizer") else None
+    if ta is not None and tb is not None:
+        import json
+
+        ja, jb = json.loads(ta.to_str()), json.loads(tb.to_str())
+        for key in ("model", "normalizer", "pre_tokenizer", "added_tokens"):
+            if ja.get(key) != jb.get(key):
+                return f"their {key.replace('_', '-')} settings differ"
+    return None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
@@ -184,9 +225,12 @@ def compare(source: str | Path, grown: str | Path, *, text: str | None = None, m
     limit = max_tokens
     if a_info.dims.max_positions:
         limit = min(limit, a_info.dims.max_positions)
+    mismatch = tokenizer_difference(source, grown) if tokenizer is None else None
     a, b = _load(source, family), _load(grown, family)
-    return compare_models(a, b, tok, text, causal=family.causal, max_tokens=limit, source=str(source),
-                          grown=str(grown), family=family.name, text_name=text_name)
+    report = compare_models(a, b, tok, text, causal=family.causal, max_tokens=limit, source=str(source),
+                            grown=str(grown), family=family.name, text_name=text_name)
+    report.tokenizer_mismatch = mismatch
+    return report
 
 
 def upcycled_view(path: Path, family):

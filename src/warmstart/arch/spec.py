@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmstart.errors import CheckpointError, UnsupportedArchitecture
+from warmstart.inputs import MAX_LAYERS
 
 FAMILY_MODULES = ("llama", "gpt2", "bert", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_multimodal", "phi3", "olmo2")
 
@@ -108,26 +109,41 @@ class Family:
             value = self.config_value(config, key)
             if value is None:
                 raise CheckpointError(f"config has no {self.fields.get(key, key)!r} (needed for {self.name})", source)
+            return size(key, value)
+
+        def size(key: str, value: Any) -> int:
+            """A positive whole number (a corrupt config must not divide by zero or allocate 10**12 layers)."""
+            name = self.fields.get(key, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise CheckpointError(f"config field {name!r} is not an integer: {value!r}", source)
             try:
-                return int(value)
-            except (TypeError, ValueError):
-                raise CheckpointError(f"config field {self.fields.get(key, key)!r} is not an integer: {value!r}", source) from None
+                number = int(value)
+            except (TypeError, ValueError, OverflowError):
+                raise CheckpointError(f"config field {name!r} is not an integer: {value!r}", source) from None
+            if number != value and not isinstance(value, str):
+                raise CheckpointError(f"config field {name!r} is not a whole number: {value!r}", source)
+            if number < 1:
+                raise CheckpointError(f"config field {name!r} must be positive, got {number}", source)
+            return number
 
         hidden = need("hidden")
         heads = need("heads")
         kv = self.config_value(config, "kv_heads")
-        kv_heads = int(kv) if kv is not None else heads
+        kv_heads = size("kv_heads", kv) if kv is not None else heads
         hd = self.config_value(config, "head_dim")
-        head_dim = int(hd) if hd is not None else hidden // heads
+        head_dim = size("head_dim", hd) if hd is not None else max(1, hidden // heads)
         inter = self.config_value(config, "intermediate")
-        intermediate = int(inter) if inter is not None else 4 * hidden
+        intermediate = size("intermediate", inter) if inter is not None else 4 * hidden
         tied = self.config_value(config, "tied")
         tied = bool(tied) if tied is not None else False
         maxpos = self.config_value(config, "max_positions")
+        if need("layers") > MAX_LAYERS:
+            raise CheckpointError(f"config field {self.fields.get('layers', 'layers')!r} is {need('layers')}, more than "
+                                  f"the limit of {MAX_LAYERS} layers", source)
         return Dims(
             layers=need("layers"), hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
             intermediate=intermediate, vocab=need("vocab"), tied=tied,
-            max_positions=int(maxpos) if maxpos is not None else None,
+            max_positions=size("max_positions", maxpos) if maxpos is not None else None,
         )
 
     def set_dims(self, config: dict, **changes: Any) -> dict:

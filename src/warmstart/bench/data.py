@@ -34,6 +34,7 @@ import numpy as np
 from warmstart import assets
 from warmstart.checkpoint.atomic import replacing_directory
 from warmstart.errors import WarmstartError
+from warmstart.inputs import check_text_file
 
 FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
@@ -87,8 +88,12 @@ def corpus_files(corpus, base: Path | None = None) -> list[Path]:
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise CorpusError("corpus file is not a regular file (a FIFO or device?)", p)
         else:
             raise CorpusError("corpus file does not exist", p)
+    for f in files:  # random bytes or a binary are not a corpus
+        check_text_file(f, "corpus file", CorpusError)
     return files
 
 

@@ -39,10 +39,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from warmstart.arch.spec import describe
-from warmstart.errors import SpecError
+from warmstart.errors import SpecError, WarmstartError
+from warmstart.inputs import MAX_VOCAB, check_elements
 from warmstart.ops import registry
 from warmstart.ops.chain import parse_steps
 from warmstart.plan import Plan, PlannedCheckpoint, Step
+from warmstart.safe_yaml import load_yaml
 
 
 class RecipeError(SpecError):
@@ -283,17 +285,8 @@ def parse(data: Any, path: str | os.PathLike | None = None) -> Recipe:
 
 
 def load(path: str | os.PathLike) -> Recipe:
-    import yaml
-
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise RecipeError(f"cannot read recipe: {err.strerror}", p) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"not valid YAML: {str(err).splitlines()[0]}", p) from None
+    data = load_yaml(p, "recipe file", RecipeError)
     recipe = parse(data, p)
     recipe._base = p.parent  # relative corpus and checkpoint paths are read from the recipe's folder
     return recipe
@@ -301,6 +294,49 @@ def load(path: str | os.PathLike) -> Recipe:
 
 def base_dir(recipe: Recipe) -> Path:
     return recipe._base or Path.cwd()
+
+
+# A bench is a measurement on a small model: a billion steps or a thousand
+# seeds is a typo, and each step keeps a row of the curves in memory.
+MAX_STEPS = 10**9
+MAX_SEEDS = 1000
+
+
+def model_elements(model: ModelSpec, vocab_size: int) -> int:
+    """Parameters of a recipe's Llama model (embeddings, attention, MLP), from its sizes alone."""
+    h, inter = model.hidden, model.intermediate or 3 * model.hidden
+    kv = (model.kv_heads or model.heads) * (h // model.heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+    return vocab_size * h * (1 if model.tie_embeddings else 2) + model.layers * per_layer + h
+
+
+def check_sizes(recipe: Recipe) -> None:
+    """Refuse models and batches far beyond any machine before anything is allocated."""
+    if recipe.tokenizer.vocab_size > MAX_VOCAB:
+        raise RecipeError(f"tokenizer.vocab_size: {recipe.tokenizer.vocab_size} is larger than the limit of "
+                          f"{MAX_VOCAB}")
+    if recipe.seeds > MAX_SEEDS:
+        raise RecipeError(f"seeds: {recipe.seeds} is larger than the limit of {MAX_SEEDS}")
+    budgets = [("train", recipe.train)] + [(f"sources.{k}", s) for k, s in recipe.sources.items()] + \
+        [(f"arms[{i}]", a) for i, a in enumerate(recipe.arms)]
+    for where, budget in budgets:
+        if budget.steps is None and budget.tokens is None:
+            continue
+        steps = recipe.steps_of(budget, where)
+        if steps > MAX_STEPS:
+            field = "steps" if budget.steps is not None else "tokens"
+            raise RecipeError(f"{where}.{field}: {steps} steps is more than the limit of {MAX_STEPS}")
+    vocab = recipe.tokenizer.vocab_size
+    seq = recipe.model.seq_len or 128
+    for where, model in [("model", recipe.model)] + [(f"sources.{k}.model", s.model)
+                                                      for k, s in recipe.sources.items()]:
+        try:
+            check_elements(model_elements(model, vocab), f"{where}: a model of hidden {model.hidden}, "
+                                                         f"{model.layers} layers")
+            check_elements(recipe.train.batch_size * seq * max(model.hidden, model.intermediate or 0) * 4,
+                           f"{where}: activations of batch_size {recipe.train.batch_size} x seq_len {seq}")
+        except WarmstartError as err:
+            raise RecipeError(err.message) from None
 
 
 def check(recipe: Recipe) -> None:
@@ -312,6 +348,7 @@ def check(recipe: Recipe) -> None:
             raise RecipeError(f"arms[{i}].name: {name!r} is used by arms[{names.index(name)}] too")
     if recipe.target.loss is None and recipe.target.arm not in names:
         raise RecipeError(f"target.arm: no arm named {recipe.target.arm!r} (arms: {', '.join(names)})")
+    check_sizes(recipe)
     for key, src in recipe.sources.items():
         if src.model.seq_len not in (None, recipe.model.seq_len):
             raise RecipeError(f"sources.{key}.model.seq_len: sources train on the target's windows "

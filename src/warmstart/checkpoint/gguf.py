@@ -27,8 +27,10 @@ from pathlib import Path
 
 from warmstart.arch.spec import Layout, family_for_config
 from warmstart.checkpoint.dtypes import code_to_torch
+from warmstart.checkpoint.gguf_checks import check_gguf
 from warmstart.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, check_output, write_model
 from warmstart.errors import CheckpointError
+from warmstart.inputs import require_regular_file
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,11 @@ def open_gguf(path: Path):
         import gguf
     except ImportError as err:  # pragma: no cover - gguf is a dependency
         raise CheckpointError("the gguf package is needed to import GGUF files", path) from err
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError("no such GGUF file", path)
+    if path.is_dir():
+        raise CheckpointError("is a directory, expected a GGUF file", path)
+    require_regular_file(path, "GGUF file", CheckpointError)
     try:
         return gguf.GGUFReader(str(path))
     except Exception as err:
@@ -203,7 +208,8 @@ def import_gguf(path: str | Path, out: str | Path, *, dtype: str = "F32", force:
     path = Path(path)
     check_output(out, force, [path])
     reader = open_gguf(path)
-    arch, info = gguf_arch(reader, path)
+    arch, info = gguf_arch(reader, path)  # an architecture we cannot import is named first
+    check_gguf(reader, path)
     config = hf_config(path, arch, dtype)  # its model_type is transformers' (a llama file named Mistral: mistral)
     key_length = _field(reader, f"{arch}.attention.key_length")
     if key_length is not None and "head_dim" in config and config["head_dim"] != int(key_length):

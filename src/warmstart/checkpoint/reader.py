@@ -21,6 +21,7 @@ from typing import Any
 from warmstart.checkpoint.dtypes import torch_to_code
 from warmstart.checkpoint.safetensors_format import TensorInfo, read_header, safe_join
 from warmstart.errors import CheckpointError
+from warmstart.inputs import MAX_TEXT_BYTES, open_regular, require_regular_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -61,16 +62,50 @@ TOKENIZER_FILES = (
 )
 
 
-def load_json(path: Path, what: str) -> Any:
+def load_json(path: Path, what: str, *, strict: bool = False) -> Any:
+    """A JSON file from a model directory: a regular file, UTF-8, at most 16 MB.
+
+    `strict` also refuses a key given twice and NaN/Infinity (for files whose
+    every value is trusted to name or size something, like a shard index).
+    """
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"missing {what}", path)
+    with open_regular(path, what, CheckpointError) as f:
+        try:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+        except OSError as err:
+            raise CheckpointError(f"cannot read {what}: {err.strerror}", path) from err
+    if len(raw) > MAX_TEXT_BYTES:
+        raise CheckpointError(f"{what} is larger than {MAX_TEXT_BYTES} bytes", path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"missing {what}", path) from err
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"corrupt {what}: not valid UTF-8 (byte {err.start})", path) from None
+    try:
+        if strict:
+            return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"corrupt {what}: {err.msg} at line {err.lineno} column {err.colno}", path) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"cannot read {what}: {err}", path) from err
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"corrupt {what}: {err}", path) from None
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_plain_file_name(name: str) -> bool:
+    return bool(name) and "\x00" not in name and name not in (".", "..")
 
 
 class Checkpoint:
@@ -87,6 +122,8 @@ class Checkpoint:
             raise CheckpointError("corrupt config.json: not a JSON object", self.path / "config.json")
         self._bin_cache: dict[Path, dict[str, Any]] = {}
         self.format, self.tensors = self._scan()
+        if not self.tensors:
+            raise CheckpointError("the weights hold no tensors", self.path)
 
     # -- discovery ---------------------------------------------------------
     def _scan(self) -> tuple[str, dict[str, TensorInfo]]:
@@ -105,17 +142,35 @@ class Checkpoint:
         )
 
     def _scan_index(self, index_path: Path, safetensors: bool) -> dict[str, TensorInfo]:
-        index = load_json(index_path, "shard index")
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        index = load_json(index_path, "shard index", strict=True)
+        if not isinstance(index, dict):
+            raise CheckpointError("corrupt shard index: not a JSON object", index_path)
+        weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError("corrupt shard index: no weight_map", index_path)
+        metadata = index.get("metadata", {})
+        if metadata is not None and not isinstance(metadata, dict):
+            raise CheckpointError("corrupt shard index: metadata is not a JSON object", index_path)
+        total = (metadata or {}).get("total_size")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, (int, float)) or total < 0):
+            raise CheckpointError(f"corrupt shard index: metadata.total_size {total!r} is not a byte count", index_path)
         shards: dict[str, Path] = {}
-        for shard in dict.fromkeys(weight_map.values()):
+        for tensor, shard in weight_map.items():
             if not isinstance(shard, str):
-                raise CheckpointError(f"corrupt shard index: shard name {shard!r} is not a string", index_path)
+                raise CheckpointError(
+                    f"corrupt shard index: tensor {tensor!r} maps to {shard!r}, not a file name", index_path)
+            if shard in shards:
+                continue
+            if not _is_plain_file_name(shard):
+                raise CheckpointError(f"corrupt shard index: tensor {tensor!r} maps to {shard!r}, not a file name",
+                                      index_path)
             file = safe_join(self.path, shard, index_path)
-            if not file.is_file():
-                raise CheckpointError(f"shard index names a missing shard {shard!r}", index_path)
+            if not file.exists():
+                raise CheckpointError(f"shard index names a missing shard {shard!r} (for tensor {tensor!r})",
+                                      index_path)
+            if file == index_path.resolve():
+                raise CheckpointError(f"shard index names itself as shard {shard!r}", index_path)
+            require_regular_file(file, f"shard {shard!r}", CheckpointError)
             shards[shard] = file
         infos: dict[str, TensorInfo] = {}
         for shard, file in shards.items():
@@ -140,7 +195,10 @@ class Checkpoint:
 
         infos = {}
         for name, t in state.items():
-            code = torch_to_code(t.dtype)
+            try:
+                code = torch_to_code(t.dtype)
+            except KeyError:
+                raise CheckpointError(f"tensor {name!r} has unsupported dtype {t.dtype}", file) from None
             infos[name] = TensorInfo(name, file, code, tuple(t.shape), -1, t.numel() * t.element_size())
         return infos
 
@@ -150,12 +208,17 @@ class Checkpoint:
             return self._bin_cache[file]
         import torch
 
+        # Zip-format checkpoints (torch >= 1.6) are memory-mapped; the legacy
+        # pre-zip format cannot be, and is read whole, still weights_only.
+        with open_regular(file, "pickled checkpoint", CheckpointError) as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
         except Exception as err:  # torch raises many types for bad pickles
             raise CheckpointError(f"cannot read pickled checkpoint safely (weights_only): {err}".splitlines()[0], file) from err
-        if not isinstance(state, dict):
-            raise CheckpointError("pickled checkpoint is not a state dict", file)
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise CheckpointError("pickled checkpoint is not a state dict (names to tensors)", file)
         self._bin_cache[file] = state
         return state
 
@@ -217,9 +280,12 @@ class Checkpoint:
         return files
 
     def _sentence_transformer_modules(self) -> list[str]:
+        path = self.path / "modules.json"
+        if not path.is_file():  # absent, or a FIFO/device that must not be read
+            return []
         try:
-            modules = json.loads((self.path / "modules.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            modules = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return []
         if not isinstance(modules, list):
             return []

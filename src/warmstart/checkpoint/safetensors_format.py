@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import CheckpointError
+from warmstart.inputs import open_regular
 
 # safetensors dtype codes and their item sizes in bytes.
 ITEMSIZE = {
@@ -51,47 +52,84 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header; return tensor infos and metadata.
+def _no_duplicates(pairs):
+    """json object hook: refuse a key given twice (json.loads would keep the last silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
-    Checks that the header length fits the file, that every tensor's byte range
-    matches its shape and dtype and lies inside the file, and that the data
-    region has no bytes beyond the last tensor's end.
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_header(raw: bytes, path: Path, data_len: int) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """Validate a header's JSON bytes against the safetensors format.
+
+    Returns the tensors (offsets relative to the data section), the metadata,
+    and nothing else is trusted: every dtype is a known code, every shape a list
+    of non-negative integers, every byte range matches its shape and dtype, and
+    the ranges, sorted, tile the data section exactly (no gap, no overlap, no
+    trailing bytes), as the safetensors library itself requires.
     """
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError("not a safetensors file (shorter than 8 bytes)", path)
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise CheckpointError(
-                    f"corrupt safetensors header: header length {n} does not fit a file of {size} bytes", path
-                )
-            raw = f.read(n)
-    except OSError as err:
-        raise CheckpointError(f"cannot read: {err.strerror}", path) from err
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"corrupt safetensors header: not valid UTF-8 (byte {err.start})", path) from None
+    if not text.startswith("{"):
+        raise CheckpointError("corrupt safetensors header: does not start with '{'", path)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"corrupt safetensors header: not valid JSON ({err})", path) from err
+        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _DuplicateKey as err:
+        raise CheckpointError(f"corrupt safetensors header: key {err.args[0]!r} appears twice", path) from None
+    except (json.JSONDecodeError, ValueError, RecursionError) as err:
+        detail = f"{err.msg} at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else str(err)
+        raise CheckpointError(f"corrupt safetensors header: not valid JSON ({detail})", path) from None
     if not isinstance(header, dict):
         raise CheckpointError("corrupt safetensors header: not a JSON object", path)
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    data_len = size - data_start
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError("corrupt safetensors header: __metadata__ must map strings to strings", path)
     infos: dict[str, TensorInfo] = {}
-    end_max = 0
     for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"corrupt safetensors header: bad entry for tensor {name!r}", path) from err
+        def bad(problem: str) -> CheckpointError:
+            return CheckpointError(f"corrupt safetensors header: tensor {name!r}: {problem}", path)
+
+        if not isinstance(entry, dict):
+            raise bad("entry is not a JSON object")
+        extra = set(entry) - {"dtype", "shape", "data_offsets"}
+        if extra:
+            raise bad(f"unknown field {sorted(extra)[0]!r}")
+        for key in ("dtype", "shape", "data_offsets"):
+            if key not in entry:
+                raise bad(f"no {key}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str):
+            raise bad(f"dtype must be a string, not {type(dtype).__name__}")
         if dtype not in ITEMSIZE:
             raise CheckpointError(f"tensor {name!r} has unsupported dtype {dtype!r}", path)
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+            raise bad(f"shape must be a list of integers, got {shape!r}"[:200])
+        if any(d < 0 for d in shape):
+            raise bad(f"shape {shape} has a negative dimension")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(x) for x in offsets):
+            raise bad(f"data_offsets must be two integers, got {offsets!r}"[:200])
+        begin, end = offsets
+        if begin < 0 or end < begin:
+            raise bad(f"data_offsets [{begin}, {end}] do not form a byte range (need 0 <= begin <= end)")
         expected = math.prod(shape) * ITEMSIZE[dtype]
         if end - begin != expected:
             raise CheckpointError(
@@ -99,19 +137,63 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 f"{expected} bytes but the header gives {end - begin}",
                 path,
             )
-        if begin < 0 or end > data_len:
+        if end > data_len:
             raise CheckpointError(
                 f"header size mismatch for tensor {name!r}: it ends at data byte {end} "
                 f"but the file holds only {data_len} data bytes (truncated?)",
                 path,
             )
-        end_max = max(end_max, end)
-        infos[name] = TensorInfo(name, path, dtype, shape, data_start + begin, end - begin)
-    if end_max != data_len:
+        infos[name] = TensorInfo(name, path, dtype, tuple(shape), begin, end - begin)
+    # Sorted by range, the tensors must tile [0, data_len) exactly.
+    covered = 0
+    previous = None
+    for info in sorted(infos.values(), key=lambda i: (i.offset, i.offset + i.nbytes)):
+        if info.offset < covered:
+            raise CheckpointError(
+                f"corrupt safetensors header: tensor {info.name!r} overlaps tensor {previous!r} "
+                f"(its data starts at byte {info.offset}, before {covered})", path)
+        if info.offset > covered:
+            raise CheckpointError(
+                f"corrupt safetensors header: tensor {info.name!r} starts at data byte {info.offset}, "
+                f"leaving bytes {covered}..{info.offset} covered by no tensor", path)
+        covered = info.offset + info.nbytes
+        previous = info.name
+    if covered != data_len:
         raise CheckpointError(
-            f"header size mismatch: tensors cover {end_max} data bytes but the file holds {data_len}", path
+            f"header size mismatch: tensors cover {covered} data bytes but the file holds {data_len}", path
         )
-    return infos, metadata
+    return infos, metadata, data_len
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header; return tensor infos and metadata.
+
+    The file must be a regular file (never a FIFO or device, which would block),
+    its header length must fit the file, and the header must pass
+    :func:`parse_header`. Offsets in the returned infos are absolute.
+    """
+    path = Path(path)
+    with open_regular(path, "safetensors file", CheckpointError) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError("not a safetensors file (shorter than 8 bytes)", path)
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"corrupt safetensors header: header length {n} does not fit a file of {size} bytes", path
+                )
+            raw = f.read(n)
+        except OSError as err:
+            raise CheckpointError(f"cannot read: {err.strerror}", path) from err
+    if len(raw) != n:
+        raise CheckpointError("corrupt safetensors header: file changed while reading", path)
+    data_start = 8 + n
+    infos, metadata, _ = parse_header(raw, path, size - data_start)
+    absolute = {name: TensorInfo(name, path, i.dtype, i.shape, data_start + i.offset, i.nbytes)
+                for name, i in infos.items()}
+    return absolute, metadata
 
 
 def encode_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from warmstart.commands.common import examples
 from warmstart.errors import WarmstartError
@@ -51,8 +52,8 @@ def _no_action(args) -> int:
 def run(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise WarmstartError(f"--steps must be at least 1, got {args.steps}")
-    if args.peak is not None and not args.peak > 0:
-        raise WarmstartError(f"--peak must be > 0, got {args.peak}")
+    if args.peak is not None and not (args.peak > 0 and math.isfinite(args.peak)):
+        raise WarmstartError(f"--peak must be a finite number > 0, got {args.peak}")
 
     if args.action == "show":
         if args.every < 1:
@@ -72,8 +73,18 @@ def run(args) -> int:
     return 0
 
 
+# The most rows `schedule show` prints (each is computed and held before printing).
+MAX_ROWS = 1_000_000
+
+
 def format_table(sched, n: int, *, peak: float | None = None, every: int = 1) -> str:
     """The `show` table: step, multiplier and (when a peak is known) lr."""
+    from warmstart.errors import WarmstartError
+
+    rows = -(-n // every)
+    if rows > MAX_ROWS:
+        raise WarmstartError(f"the table would have {rows} rows ({n} steps, every {every}), more than {MAX_ROWS}; "
+                             f"pass --every {-(-n // MAX_ROWS)} or more")
     p = peak if peak is not None else sched.peak
     steps = list(range(0, n, every))
     if steps[-1] != n - 1:

@@ -39,7 +39,9 @@ def run(args) -> int:
             print(line)
     if args.expect_exact:
         if not report.passed():
-            print(f"verification failed: not exact within {TOLERANCE:g} relative")
+            why = ("the tokenizers differ" if report.tokenizer_mismatch is not None
+                   else f"not exact within {TOLERANCE:g} relative")
+            print(f"verification failed: {why}")
             return 1
         print(f"exact within {TOLERANCE:g} relative")
     return 0

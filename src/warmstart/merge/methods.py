@@ -194,6 +194,8 @@ def ema(n: int, ema_decay: float | None = None, ema_half_life: float | None = No
 # segments this many updates long make the segment means the decay's
 # continuous-time averages to within about 1/(2 * CONTINUOUS_INTERVAL).
 CONTINUOUS_INTERVAL = 1000
+# The longest window (in updates) whose decay wsm evaluates update by update.
+MAX_WSM_SPAN = 10**8
 
 
 def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Sequence[int] | None = None) -> list[float]:
@@ -208,6 +210,9 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
     steps = check_steps(steps, n)
     if steps is None:
         return list(wsm_weights(shape, n, CONTINUOUS_INTERVAL, end))
+    if steps[-1] - steps[0] > MAX_WSM_SPAN:
+        raise MergeError(f"--input-steps span {steps[-1] - steps[0]} updates; wsm evaluates the decay update by "
+                         f"update and takes at most {MAX_WSM_SPAN} (give the steps in coarser units)")
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     if len(set(gaps)) == 1:
         return list(wsm_weights(shape, n, gaps[0], end))
@@ -221,6 +226,7 @@ def wsm_coefficients(n: int, shape: str = "linear", end: float = 0.0, steps: Seq
                  "Schedule via Checkpoint Merging for LLM Pre-training')", ordered=True)
 def wsm(n: int, wsm_shape: str = "linear", wsm_end: float = 0.0, steps: Sequence[int] | None = None) -> Coefficients:
     """Checkpoints oldest first; with `steps`, the decay spans steps[0]..steps[-1] update by update."""
+    wsm_end = _finite_list([wsm_end], "--wsm-end")[0] if wsm_end is not None else 0.0
     values = wsm_coefficients(n, shape=wsm_shape, end=wsm_end, steps=steps)
     span = f"steps {steps[0]}..{steps[-1]}" if steps else f"{n} equally spaced checkpoints"
     return Coefficients("wsm", values, notes=[f"{wsm_shape} decay to {wsm_end:g} emulated over {span}"])

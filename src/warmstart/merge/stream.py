@@ -35,6 +35,7 @@ from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
 from warmstart.checkpoint.writer import check_output, write_json
 from warmstart.merge import combine
 from warmstart.merge.combine import all_finite
+from warmstart.merge.distinct import check_distinct
 from warmstart.merge.methods import Coefficients, MergeError, resolve
 from warmstart.plan import Plan, Ref, Step, execute
 
@@ -238,6 +239,7 @@ def merge_checkpoints(
 
     ckpts = [Checkpoint(p) for p in inputs]
     check_inputs(ckpts)
+    check_distinct(ckpts, MergeError)
     n = len(ckpts)
     files = [checkpoint_tensor_file(c) for c in ckpts]
     sources: list[Any] = [ReaderSource(f, c.path) for f, c in zip(files, ckpts)]

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warmstart.arch import open_model
@@ -41,6 +40,7 @@ from warmstart.errors import ParamError, SpecError, WarmstartError
 from warmstart.ops import registry
 from warmstart.ops.optimizer_carry import OUTPUT_NAME, load_state, plan_carry, write_carry
 from warmstart.plan import execute
+from warmstart import safe_yaml
 
 
 @dataclass
@@ -220,16 +220,5 @@ def load_recipe(path: str | Path) -> tuple[Recipe, list[tuple[str, dict]]]:
 
 
 def load_yaml(path: Path, what: str) -> Any:
-    """A YAML file as data, with one-line errors naming the file and the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"no such {what} file", path) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"cannot read {what}: {err}", path) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"not valid YAML{where}: {getattr(err, 'problem', None) or err}", path) from None
+    """A YAML file as data, through the one capped loader (:mod:`warmstart.safe_yaml`); one-line errors."""
+    return safe_yaml.load_yaml(path, f"{what} file", SpecError)

@@ -34,7 +34,8 @@ import re
 from typing import Any
 
 from warmstart.arch.spec import set_config_value
-from warmstart.errors import ParamError
+from warmstart.errors import ParamError, WarmstartError
+from warmstart.inputs import MAX_LAYERS, check_layers
 from warmstart.ops import fresh as fresh_inits
 from warmstart.ops.fresh import Zeros
 from warmstart.ops.registry import Transform, register
@@ -55,7 +56,10 @@ def _count(model, layers: Any, op: str) -> int:
         raise ParamError("layers", f"{op} needs a whole number of layers, got {layers!r}", _src(model))
     if layers < 1:
         raise ParamError("layers", f"{op} needs at least one layer, got {layers}", _src(model))
-    return layers
+    try:
+        return check_layers(model, layers, op)
+    except WarmstartError as err:
+        raise ParamError("layers", err.message, err.path) from None
 
 
 def _grow_count(model, layers: Any, op: str) -> int:
@@ -150,6 +154,8 @@ def parse_layer_map(spec: Any, num_layers: int, source: Any = None) -> list[int]
     """'0-5,0-5,3,4' (inclusive ranges, descending allowed) or a list of ints -> indices."""
     if isinstance(spec, (list, tuple)):
         items = list(spec)
+        if len(items) > MAX_LAYERS:
+            raise ParamError("spec", f"layer map has more than {MAX_LAYERS} entries", source)
         if not items:
             raise ParamError("spec", "layer map is empty", source)
         out = []
@@ -167,6 +173,13 @@ def parse_layer_map(spec: Any, num_layers: int, source: Any = None) -> list[int]
                                  "(example: 0-5,0-5,3,4)", source)
             a = int(m.group(1))
             b = int(m.group(2)) if m.group(2) is not None else a
+            # the range's first out-of-range index, found before expanding it (0-1000000000 is not built)
+            first_bad = a if a >= num_layers else (num_layers if b >= num_layers else None)
+            if first_bad is not None:
+                raise ParamError("spec", f"layer map refers to layer {first_bad}, but the source has layers "
+                                 f"0..{num_layers - 1}", source)
+            if len(out) + abs(b - a) + 1 > MAX_LAYERS:
+                raise ParamError("spec", f"layer map has more than {MAX_LAYERS} entries", source)
             out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
     else:
         raise ParamError("spec", f"layer map must be text like '0-5,0-5,3,4' or a list, got {spec!r}", source)

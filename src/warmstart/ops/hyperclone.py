@@ -53,7 +53,7 @@ def hyperclone(model, *, hidden=None, intermediate=None, heads=None, kv_heads=No
                noise_snr_db=None, seed=0) -> Transform:
     """HyperCloning: tile every width space by a whole-number factor; the function is preserved exactly."""
     targets = W.resolve_targets(model, "hyperclone", hidden=hidden, intermediate=intermediate, heads=heads,
-                                kv_heads=kv_heads, mult=mult, integer_mult=True)
+                                kv_heads=kv_heads, mult=mult, integer_mult=True, grow=True)
     W.check_direction(model, targets, "hyperclone", grow=True)
     if noise_snr_db is not None:
         try:

@@ -88,7 +88,7 @@ def _noise(model, method: str, noise_snr_db):
 
 def _grow(model, method: str, *, hidden, intermediate, heads, kv_heads, mult, noise_snr_db, seed, aki: bool):
     targets = W.resolve_targets(model, method, hidden=hidden, intermediate=intermediate, heads=heads,
-                                kv_heads=kv_heads, mult=mult)
+                                kv_heads=kv_heads, mult=mult, grow=True)
     W.check_direction(model, targets, method, grow=True)
     noise = _noise(model, method, noise_snr_db)
     maps = net2net_maps(model, targets, int(seed))

@@ -44,7 +44,7 @@ def select_maps(model, targets: W.Targets) -> dict[str, W.UnitMap]:
 def select(model, *, hidden=None, intermediate=None, heads=None, kv_heads=None, seed=0) -> Transform:
     """Weight Selection: keep evenly spaced units and whole heads, the same in every layer (not exact)."""
     targets = W.resolve_targets(model, "select", hidden=hidden, intermediate=intermediate, heads=heads,
-                                kv_heads=kv_heads)
+                                kv_heads=kv_heads, grow=False)
     W.check_direction(model, targets, "select", grow=False)
     maps = select_maps(model, targets)
     notes = ["evenly spaced units, the same in every layer; whole heads, KV heads chosen first and query heads "

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from warmstart.arch.spec import EMBED_SCALES
 from warmstart.errors import CheckpointError, WarmstartError
+from warmstart.inputs import check_width
 from warmstart.ops.registry import Transform
 from warmstart.plan import Plan, Ref, Step, copy_step
 
@@ -263,7 +264,7 @@ def _as_int(value, what: str, method: str, source) -> int:
 
 
 def resolve_targets(model, method: str, *, hidden=None, intermediate=None, heads=None, kv_heads=None,
-                    mult=None, integer_mult: bool = False) -> Targets:
+                    mult=None, integer_mult: bool = False, grow: bool | None = None) -> Targets:
     """Target sizes from explicit sizes and/or a multiplier (explicit sizes win).
 
     Without a multiplier, sizes not given follow the hidden size: heads stay
@@ -276,6 +277,15 @@ def resolve_targets(model, method: str, *, hidden=None, intermediate=None, heads
                              src)
     explicit = {k: (None if v is None else _as_int(v, k, method, src))
                 for k, v in ((HIDDEN, hidden), (INTER, intermediate), (HEADS, heads), (KV, kv_heads))}
+    if grow is not None:  # say "bigger than the source" before any derived-size complaint
+        for key, value in explicit.items():
+            old = getattr(d, key)
+            if value is not None and ((grow and value < old) or (not grow and value > old)):
+                relation = "smaller" if grow else "bigger"
+                other = "select (warmstart shrink)" if grow else "hyperclone or net2net (warmstart grow)"
+                raise WarmstartError(f"{method}: target {key} {value} is {relation} than the source's {old}; "
+                                     f"{method} only {'grows' if grow else 'shrinks'} (use {other})", src)
+    check_width(model, {k: v for k, v in explicit.items() if v is not None}, method)
     if mult is not None:
         if isinstance(mult, bool):
             raise WarmstartError(f"{method}: the multiplier must be a number, got {mult!r}", src)
@@ -288,6 +298,7 @@ def resolve_targets(model, method: str, *, hidden=None, intermediate=None, heads
         if integer_mult and abs(m - round(m)) > 1e-9:
             raise WarmstartError(f"{method} needs an integer multiplier, got {mult!r} (net2net takes other sizes)",
                                  src)
+        check_width(model, {key: getattr(d, key) * m for key in SPACES}, f"{method} x{m:g}")
         base = {}
         for key in SPACES:
             value = getattr(d, key) * m

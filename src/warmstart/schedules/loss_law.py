@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.inputs import read_text
 from warmstart.schedules.phases import Warmup
 from warmstart.schedules.plot import FigureStyle, save_figure
 from warmstart.schedules.spec import Schedule
@@ -74,24 +75,24 @@ def read_log(path: str | os.PathLike, loss_key: str | None = None) -> LossLog:
     it (e.g. steps with no evaluation) are skipped, NaN values are errors.
     """
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise WarmstartError(f"cannot read log: {err.strerror}", p) from None
+    text = read_text(p, "log file", 256 * 1024 * 1024)
     rows: list[tuple[int, dict]] = []
     if p.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames:
-            raise WarmstartError("empty CSV log (no header)", p)
-        for n, row in enumerate(reader, start=2):
-            rows.append((n, {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}))
+        try:
+            if not reader.fieldnames:
+                raise WarmstartError("empty CSV log (no header)", p)
+            for n, row in enumerate(reader, start=2):
+                rows.append((n, {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}))
+        except csv.Error as err:
+            raise WarmstartError(f"not a CSV log: {err}", p) from None
     else:
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError, huge integers, deep nesting
                 raise WarmstartError(f"line {n} is not JSON (expected one object per line, or a .csv file)", p) from None
             if not isinstance(obj, dict):
                 raise WarmstartError(f"line {n} is not a JSON object", p)
@@ -453,6 +454,11 @@ def _curve_steps(n: int, points: int = 400) -> np.ndarray:
     return steps
 
 
+# The longest run (in updates) the laws are fitted to or predict: each needs a
+# few float64 arrays of one value per update.
+MAX_LAW_STEPS = 10**7
+
+
 def predict(
     log: LossLog | str | os.PathLike,
     fit_schedule: Schedule,
@@ -469,8 +475,15 @@ def predict(
     """
     if not isinstance(log, LossLog):
         log = read_log(log)
-    peak, offset = match_log_to_schedule(log, fit_schedule)
     n_fit = int(log.steps.max())
+    if n_fit > MAX_LAW_STEPS:
+        raise WarmstartError(f"the log reaches step {n_fit}; the laws are evaluated update by update, "
+                             f"for at most {MAX_LAW_STEPS} steps", log.path)
+    n = int(steps) if steps is not None else target.num_steps
+    if n > MAX_LAW_STEPS:
+        raise WarmstartError(f"the predicted run has {n} steps; the laws are evaluated update by update, "
+                             f"for at most {MAX_LAW_STEPS} steps")
+    peak, offset = match_log_to_schedule(log, fit_schedule)
     lrs = lr_sequence(fit_schedule, n_fit, peak)
     warm = leading_warmup(fit_schedule)
     sel = log.steps > warm
@@ -483,7 +496,6 @@ def predict(
     except WarmstartError as err:
         raise WarmstartError(err.message, log.path) from None
 
-    n = int(steps) if steps is not None else target.num_steps
     target_peak = target.peak if target.peak is not None else peak
     t_lrs = lr_sequence(target, n, target_peak)
     t_warm = leading_warmup(target)

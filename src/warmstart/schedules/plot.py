@@ -72,6 +72,24 @@ class FigureStyle:
             ax.set_yscale("log")
 
 
+# A figure is a few hundred pixels wide: more points than this are sampled
+# (evenly, plus every phase boundary), so 10**12 steps plot as fast as 10**4.
+MAX_PLOT_POINTS = 20_000
+
+
+def plot_steps(sched, steps: int) -> list[int]:
+    """The steps at which to draw a schedule: all of them, or an even sample keeping the phase boundaries."""
+    if steps <= MAX_PLOT_POINTS:
+        return list(range(steps))
+    stride = steps / MAX_PLOT_POINTS
+    xs = {min(steps - 1, int(i * stride)) for i in range(MAX_PLOT_POINTS)} | {steps - 1}
+    for offset in sched.offsets[:MAX_PLOT_POINTS]:
+        for s in (offset - 1, offset, offset + 1):
+            if 0 <= s < steps:
+                xs.add(s)
+    return sorted(xs)
+
+
 def plot_schedules(
     schedules, labels, steps: int, out: str | os.PathLike, *, peak: float | None = None,
     style: FigureStyle = FigureStyle(),
@@ -89,12 +107,13 @@ def plot_schedules(
 
     absolute = peak is not None or all(s.peak is not None for s in schedules)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    xs = list(range(steps))
     for sched, label in zip(schedules, labels):
+        xs = plot_steps(sched, steps)
         if absolute:
-            ys = sched.lrs(steps, peak)
+            p = sched._peak(peak)
+            ys = [p * sched.multiplier(s) for s in xs]
         else:
-            ys = sched.multipliers(steps)
+            ys = [sched.multiplier(s) for s in xs]
         ax.plot(xs, ys, label=label, lw=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate" if absolute else "multiplier of the peak lr")

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import SpecError
+from warmstart.inputs import read_text
+from warmstart.safe_yaml import MAX_YAML_BYTES, parse_yaml
 from warmstart.schedules.phases import (
     PHASES,
     FieldError,
@@ -379,15 +381,14 @@ def _phase_from_dict(i: int, item) -> Phase:
 def load(path: str | os.PathLike) -> Schedule:
     """Read a schedule from a .yaml/.yml/.json file (dict form) or any other text file (string form)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise ScheduleSpecError(f"cannot read schedule file: {err.strerror}", path=p) from None
+
+    def refuse(message, path=None):
+        return ScheduleSpecError(message, path=path)
+
+    text = read_text(p, "schedule file", MAX_YAML_BYTES, refuse)
     try:
         if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = parse_yaml(text, p, refuse)
         elif p.suffix == ".json":
             data = json.loads(text)
         else:
@@ -408,7 +409,8 @@ def resolve(spec, *, total: int | None = None) -> Schedule:
     if isinstance(spec, os.PathLike):
         return load(spec)
     if isinstance(spec, str):
-        if spec.endswith((".yaml", ".yml", ".json", ".txt")) and os.path.isfile(spec):
-            return load(spec)
+        looks_like_file = spec.rstrip("/").endswith((".yaml", ".yml", ".json", ".txt")) or os.sep in spec
+        if looks_like_file and os.path.exists(spec):
+            return load(spec)  # refuses a directory, FIFO or device by name
         return parse(spec, total=total)
     raise ScheduleSpecError(f"cannot make a schedule from {type(spec).__name__}")

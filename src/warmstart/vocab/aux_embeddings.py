@@ -31,6 +31,7 @@ import numpy as np
 from warmstart.assets import cache_dir
 from warmstart.checkpoint.atomic import replacing
 from warmstart.errors import WarmstartError
+from warmstart.inputs import check_text_file, open_regular, require_regular_file
 
 AUX_FORMAT = 1  # bump when the training recipe changes, so old caches are not reused
 CHUNK_CHARS = 2000
@@ -41,15 +42,17 @@ class CorpusError(WarmstartError):
 
 
 def check_corpus(files: Sequence[str | Path]) -> list[Path]:
-    """The corpus files, each existing and readable, holding some text in all."""
+    """The corpus files: each a readable regular file of UTF-8 text, holding some text in all."""
     paths = [Path(f) for f in files]
     if not paths:
         raise CorpusError("no corpus files given (--corpus FILE ...)")
-    total = 0
     for p in paths:
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise CorpusError("no such corpus file", p)
-        total += p.stat().st_size
+        if p.is_dir():
+            raise CorpusError("corpus file is a directory; give the text files inside it", p)
+        require_regular_file(p, "corpus file", CorpusError)
+        check_text_file(p, "corpus file", CorpusError)
     if not any(_read(p).strip() for p in paths):
         raise CorpusError("corpus is empty (no text in any file)", paths[0])
     return paths
@@ -57,7 +60,8 @@ def check_corpus(files: Sequence[str | Path]) -> list[Path]:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open_regular(path, "corpus file", CorpusError) as f:
+            return f.read().decode("utf-8", errors="replace")
     except OSError as err:
         raise CorpusError(f"cannot read corpus file: {err.strerror}", path) from err
 
@@ -184,8 +188,9 @@ WORD_RE = re.compile(r"\w+|[^\w\s]+")
 def read_vec(path: str | Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
     """Words and vectors of a text ``.vec`` file (optional "COUNT DIM" header line)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise WarmstartError("no such word-vector file", p)
+    require_regular_file(p, "word-vector file")
     words: list[str] = []
     rows: list[np.ndarray] = []
     dim = None

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.errors import WarmstartError
+from warmstart.inputs import MAX_VOCAB, require_regular_file
 
 ROLES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 SPIECE_SPACE = "\u2581"  # ▁
@@ -46,6 +47,8 @@ def load_tokenizer(path: str | Path):
     p = Path(path)
     if not p.exists():
         raise TokenizerError("no such tokenizer (expected a directory or a tokenizer.json file)", p)
+    if not p.is_dir():
+        require_regular_file(p, "tokenizer file", TokenizerError)
     try:
         if p.is_file():
             if (p.parent / "tokenizer_config.json").is_file() and p.name == "tokenizer.json":
@@ -66,7 +69,17 @@ def load_tokenizer(path: str | Path):
         raise TokenizerError(f"cannot read tokenizer: {first}", p) from err
     if getattr(tok, "backend_tokenizer", None) is None:
         raise TokenizerError("not a fast tokenizer (no tokenizer.json backend)", p)
+    check_token_ids(tok, p)
     return tok
+
+
+def check_token_ids(tokenizer, path=None) -> None:
+    """Refuse a token id past the vocabulary limit: every id up to the largest becomes an embedding row."""
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
+    if vocab and max(vocab.values()) >= MAX_VOCAB:
+        big = max(vocab, key=vocab.get)
+        raise TokenizerError(f"token {big!r} has id {vocab[big]}, beyond the limit of {MAX_VOCAB} "
+                             f"(the tokenizer has {len(vocab)} tokens)", path)
 
 
 # -- canonical forms ------------------------------------------------------------
@@ -191,6 +204,7 @@ def vocab_of(tokenizer, config: dict | None = None) -> Vocab:
     scheme = scheme_of(tok_json)
     vocab = backend.get_vocab(with_added_tokens=True)
     size = max(vocab.values()) + 1 if vocab else 0
+    check_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None) or None)
     tokens: list[str | None] = [None] * size
     for t, i in vocab.items():
         tokens[i] = t

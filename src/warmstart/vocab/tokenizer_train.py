@@ -16,6 +16,7 @@ from typing import Sequence
 
 from warmstart.checkpoint.writer import atomic_directory, check_output
 from warmstart.errors import WarmstartError
+from warmstart.inputs import MAX_VOCAB
 from warmstart.vocab.aux_embeddings import check_corpus, text_chunks
 from warmstart.vocab.match import load_tokenizer
 
@@ -41,6 +42,9 @@ def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, vocab_size: i
     """Train on `corpus` and save to `out`; returns the trained transformers tokenizer."""
     if vocab_size < 1:
         raise WarmstartError(f"--vocab-size must be positive, got {vocab_size}")
+    if vocab_size > MAX_VOCAB:
+        raise WarmstartError(f"--vocab-size {vocab_size} is larger than the limit of {MAX_VOCAB} "
+                             f"(the tokenizer library aborts on sizes it cannot allocate)")
     out = check_output(out, force, [*corpus, *([like] if like is not None else [])])
     paths = check_corpus(corpus)
     base = load_tokenizer(like) if like is not None else _byte_level_bpe()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,28 @@ def _apply(init: Init, real_rows: int):
     return fn
 
 
+# Bounds of the methods' options: far beyond any useful value, well below what
+# would exhaust memory (--aux-dim) or run for days (--aux-epochs).
+OPTION_LIMITS = {"k": 4096, "aux_dim": 4096, "aux_epochs": 1000}
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse option values no method can use, naming the flag, before anything is read."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "temperature":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise WarmstartError(f"{flag} must be a finite number > 0, got {value!r}")
+        elif name in OPTION_LIMITS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise WarmstartError(f"{flag} must be a whole number >= 1, got {value!r}")
+            if value > OPTION_LIMITS[name]:
+                raise WarmstartError(f"{flag} {value} is larger than the limit of {OPTION_LIMITS[name]}")
+
+
 def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, method: str = "fvt", *,
                mode: str = "replace", corpus: Sequence[str | Path] = (), donor: str | Path | None = None,
                aligned: tuple[str | Path, str | Path] | None = None, options: dict[str, Any] | None = None,
@@ -210,6 +233,7 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
     """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`."""
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
+    check_options(options or {})
     meth = get_method(method)
     out = check_output(out, force, [model_dir, tokenizer, *corpus, donor, *(aligned or ())])
     model_dir = Path(model_dir)
