@@ -397,17 +397,26 @@ class WidthSpec:
     seed: int = 0
     next_layer_rows: bool = False  # AKI: fresh output units from the next layer's tensor
     notes: list[str] = field(default_factory=list)
+    # Per-block overrides of the intermediate/head/KV maps (importance pruning keeps different
+    # units in each block); the hidden map is shared by every block, since the residual stream is.
+    layer_maps: dict[int, dict[str, UnitMap]] = field(default_factory=dict)
+
+    def maps_for(self, layer: int | None) -> dict[str, UnitMap]:
+        if layer is None or layer not in self.layer_maps:
+            return self.maps
+        return {**self.maps, **self.layer_maps[layer]}
 
 
 def _logical(x, transposed: bool):
     return x.t() if transposed else x
 
 
-def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Sequence[tuple[tuple, int]] | None):
+def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Sequence[tuple[tuple, int]] | None,
+              maps: dict[str, UnitMap] | None = None):
     """The function computing one output tensor from its source tensor (and, for AKI, the next layer's)."""
     import torch
 
-    maps = spec.maps
+    maps = spec.maps if maps is None else maps
 
     def compute(*inputs):
         xs = [_logical(x, transposed) for x in inputs]
@@ -483,6 +492,7 @@ def build_plan(model, spec: WidthSpec):
     last_layer = max(layout.layer_indices(), default=-1)
 
     def add_role(name: str, role: str, layer: int | None, out_name: str | None = None):
+        maps = spec.maps_for(layer)
         info = ckpt.info(name)
         shape = tuple(info.shape)
         transposed = fam.conv1d and len(shape) == 2 and role.startswith(("attn.", "mlp."))
@@ -516,7 +526,7 @@ def build_plan(model, spec: WidthSpec):
             plan.add(copy_step(0, ckpt, name))
             return
         target = out_name or name
-        plan.add(Step(target, new_shape, info.dtype, inputs, tensor_fn(role, target, transposed, spec, parts),
+        plan.add(Step(target, new_shape, info.dtype, inputs, tensor_fn(role, target, transposed, spec, parts, maps),
                       note=f"{spec.method} {role}" + (f" layer {layer}" if layer is not None else "")))
 
     for name in ckpt.names():
