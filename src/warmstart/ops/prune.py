@@ -69,13 +69,20 @@ class PruneResult:
     def summary(self) -> list[str]:
         """The chain's summary, with the (long) index lists replaced by counts."""
         chain = [ln for ln in self.chain.summary() if not ln.startswith("operations:")]
-        what = []
-        if self.keep is not None:
-            what.append("keep " + describe_keep(self.keep))
-        if self.layers is not None:
-            what.append(f"{len(self.layers)} blocks")
-        return self.lines + ["operations: prune(" + "; ".join(what) + ")" if what else
-                             "operations: " + " -> ".join(s[0] for s in self.chain.steps)] + chain
+        from warmstart.recipe_chain import describe_step
+
+        ops = []
+        for name, params in self.chain.steps:
+            if name != "prune":
+                ops.append(describe_step(name, params))
+                continue
+            what = []
+            if params.get("keep") is not None:
+                what.append("keep " + describe_keep(params["keep"]))
+            if params.get("layers") is not None:
+                what.append(f"blocks {params['layers']}")
+            ops.append("prune(" + "; ".join(what) + ")")
+        return self.lines + ["operations: " + " -> ".join(ops)] + chain
 
 
 def _check_layers(model, layers) -> int | None:
@@ -132,11 +139,14 @@ def choose_keep(model, imp, targets) -> dict:
 def prune_model(src, out, *, corpus=None, importance: str = "activation", layers: int | None = None,
                 depth_importance: str | None = None, hidden=None, intermediate=None, heads=None, kv_heads=None,
                 batches: int = 16, batch_size: int = 4, seq_len: int = 256, dtype: str | None = None,
-                force: bool = False, max_shard_bytes: int | None = None, progress: bool = False) -> PruneResult:
+                force: bool = False, max_shard_bytes: int | None = None, progress: bool = False,
+                measured=None) -> PruneResult:
     """Measure importance on `corpus` (files), choose what to keep, write the pruned model to `out`.
 
     Everything is validated (target shape, output, corpus length) before the
     model runs; the output is written atomically by the chain executor.
+    `measured` (an :class:`~warmstart.ops.importance.Importance` of this
+    source) skips the calibration pass, so several prunings share one.
     """
     from warmstart.arch import open_model
     from warmstart.checkpoint.writer import check_output
@@ -162,7 +172,11 @@ def prune_model(src, out, *, corpus=None, importance: str = "activation", layers
     needs_data = (targets is not None and importance == "activation") or depth in ("block-influence", "loss")
     imp = None
     lines: list[str] = []
-    if needs_data:
+    if needs_data and measured is not None:
+        if depth == "loss" and measured.block_loss is None:
+            raise WarmstartError("prune: the given importance has no block loss; measure it with block_loss=True")
+        imp = measured
+    elif needs_data:
         if not corpus:
             raise WarmstartError("prune: activation importance and block importance need a calibration corpus "
                                  "(--corpus FILES)", src)
