@@ -62,11 +62,11 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--kv-heads", type=int, default=1)
     ap.add_argument("--intermediate", type=int, default=512)
-    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--loss-batches", type=int, default=4, help="calibration batches for the loss-based depth")
-    ap.add_argument("--eval-windows", type=int, default=64)
+    ap.add_argument("--loss-batches", type=int, default=1, help="calibration batches for the loss-based depth")
+    ap.add_argument("--eval-windows", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -98,6 +98,7 @@ def main() -> None:
                                   seq_len=args.seq_len)
     imp = I.activation_importance(src, tokens)
     t_act = time.time() - t0
+    print(f"activation importance: {imp.tokens} calibration tokens in {t_act:.0f}s", flush=True)
     t0 = time.time()
     from warmstart.arch import open_model
 
@@ -105,8 +106,7 @@ def main() -> None:
     imp.block_loss = I.block_loss_increase(lm, open_model(src), tokens[: args.loss_batches])
     t_loss = time.time() - t0
     del lm
-    print(f"importance: {imp.tokens} calibration tokens in {t_act:.0f}s; block loss on "
-          f"{args.loss_batches} batches in {t_loss:.0f}s", flush=True)
+    print(f"block loss on {args.loss_batches} batches in {t_loss:.0f}s", flush=True)
 
     teacher = eval_loss(src, windows)
     shape = dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate)

@@ -162,3 +162,79 @@ def test_perp_trains_only_norms_and_biases(teacher):
     assert trainable and all("norm" in name for name in trainable)
     assert n == sum(p.numel() for name, p in lm.named_parameters() if "norm" in name)
     assert D.teacher_flops(1000, 50) == 100000.0
+
+
+# -- the training mode -------------------------------------------------------------------
+STUDENT = dict(model_type="llama", vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
+
+
+def _train(tmp_path, name, distiller, tokens, steps=2, **kw):
+    from warmstart.bench.train import train
+
+    return train(dict(STUDENT), tokens, tokens, out_dir=tmp_path / name, steps=steps, batch_size=4, seq_len=16,
+                 lr=1e-3, eval_every=100, eval_batches=1, progress=False, save_final=False, distill=distiller,
+                 cpu=True, **kw)
+
+
+def test_training_with_cached_teacher_logs_the_distillation_loss_and_teacher_flops(teacher, tmp_path):
+    import transformers as tf
+
+    from warmstart.bench.train import build_model, read_log
+
+    tokens = _tokens(400)
+    lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
+    cache = D.teacher_cache(teacher, tokens, seq_len=16, k=128, root=tmp_path / "cache", lm=lm)
+    n_teacher = sum(p.numel() for p in lm.parameters())
+    dist = D.Distiller(alpha=0.3, temperature=2.0, cache=cache, teacher_params=n_teacher)
+    result = _train(tmp_path, "run", dist, tokens)
+    rows = [r for r in read_log(result.log_path) if r["step"] > 0]
+    assert [r["teacher_flops"] for r in rows] == [2.0 * n_teacher * 64 * s for s in (1, 2)]
+    assert result.teacher_flops == 2.0 * n_teacher * 128
+    # Step 1's loss, by hand: the same aligned windows, the live teacher, the fresh student.
+    ids = np.random.default_rng([0, 0]).integers(0, cache.windows, size=4)
+    win = torch.tensor(np.stack([tokens[c * 16:c * 16 + 17] for c in ids]).astype(np.int64))
+    x, y = win[:, :-1], win[:, 1:]
+    student = build_model(dict(STUDENT), 0)
+    with torch.no_grad():
+        s, t = student(input_ids=x).logits.reshape(-1, 128), lm(input_ids=x).logits.reshape(-1, 128)
+    p, log_q = (t / 2).softmax(-1), (s / 2).log_softmax(-1)
+    kl = (p * (p.log() - log_q)).sum(-1).mean()
+    ce = -s.log_softmax(-1).gather(1, y.reshape(-1, 1)).mean()
+    assert abs(rows[0]["train_loss"] - float(0.3 * ce + 0.7 * 4 * kl)) < 2e-3
+
+
+def test_live_teacher_and_resume(teacher, tmp_path):
+    import transformers as tf
+
+    from warmstart.bench.train import read_log
+
+    tokens = _tokens(400)
+    lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher), dtype=torch.float32)
+    whole = _train(tmp_path, "whole", D.Distiller(teacher=lm), tokens, steps=4)
+
+    def stop(row):
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "cut", D.Distiller(teacher=lm), tokens, steps=4, checkpoint_every=2, on_step=stop)
+    resumed = _train(tmp_path, "cut", D.Distiller(teacher=lm), tokens, steps=4, checkpoint_every=2, resume=True)
+    assert resumed.resumed_from == 2
+    a = [r["train_loss"] for r in read_log(whole.log_path) if r["step"] > 0]
+    b = [r["train_loss"] for r in read_log(resumed.log_path) if r["step"] > 0]
+    assert len(b) == 4 and np.allclose(a, b, rtol=1e-5)
+
+
+def test_cache_of_other_tokens_is_refused(teacher, tmp_path):
+    tokens = _tokens(400)
+    cache = D.teacher_cache(teacher, tokens, seq_len=16, k=4, root=tmp_path / "cache")
+    other = tokens.copy()
+    other[5] = (other[5] + 1) % 128
+    with pytest.raises(WarmstartError, match="other tokens"):
+        _train(tmp_path, "x", D.Distiller(cache=cache, teacher_params=1), other)
+    with pytest.raises(WarmstartError, match="windows of 16"):
+        from warmstart.bench.train import train
+
+        train(dict(STUDENT), tokens, None, out_dir=tmp_path / "y", steps=1, batch_size=4, seq_len=8,
+              progress=False, distill=D.Distiller(cache=cache, teacher_params=1), cpu=True)

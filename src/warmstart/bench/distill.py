@@ -122,6 +122,11 @@ def _teacher_fingerprint(teacher_dir: Path) -> str:
     return h.hexdigest()
 
 
+def tokens_digest(tokens, n: int) -> str:
+    arr = np.ascontiguousarray(np.asarray(tokens[:n]).astype(np.int64))
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
 def cache_key(teacher_dir, tokens, seq_len: int, k: int, windows: int) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}:{seq_len}:{k}:{windows}:".encode())
     h.update(_teacher_fingerprint(Path(teacher_dir)).encode())
@@ -141,6 +146,15 @@ class TeacherCache:
     windows: int
     values: np.ndarray  # [windows, seq_len, k] float16
     indices: np.ndarray  # [windows, seq_len, k] int32
+    tokens_sha256: str | None = None
+    vocab: int = 0
+
+    def check_tokens(self, tokens) -> None:
+        """Refuse a token array other than the one the cache was computed on."""
+        if len(tokens) < self.windows * self.seq_len + 1 or (
+                self.tokens_sha256 and tokens_digest(tokens, self.windows * self.seq_len + 1) != self.tokens_sha256):
+            raise WarmstartError("the teacher cache was computed on other tokens than the training tokens given",
+                                 self.path)
 
     def window_batch(self, tokens, ids):
         """(x, y, TopK) of aligned windows `ids` (student input, next tokens, teacher targets)."""
@@ -165,7 +179,8 @@ def open_cache(path) -> TeacherCache:
     shape = (meta["windows"], meta["seq_len"], meta["k"])
     if values.shape != shape or indices.shape != shape:
         raise WarmstartError(f"teacher cache arrays have shapes {values.shape}, {indices.shape}, not {shape}", path)
-    return TeacherCache(path, meta["seq_len"], meta["k"], meta["windows"], values, indices)
+    return TeacherCache(path, meta["seq_len"], meta["k"], meta["windows"], values, indices,
+                        meta.get("tokens_sha256"), int(meta.get("vocab", 0)))
 
 
 def teacher_cache(teacher_dir, tokens, *, seq_len: int, k: int = 64, windows: int | None = None,
@@ -221,10 +236,88 @@ def teacher_cache(teacher_dir, tokens, *, seq_len: int, k: int = 64, windows: in
             del values, indices
             (tmp / MANIFEST).write_text(json.dumps({
                 "version": CACHE_VERSION, "teacher": str(teacher_dir), "seq_len": seq_len, "k": k,
-                "windows": windows, "vocab": vocab, "tokens": windows * seq_len + 1}))
+                "windows": windows, "vocab": vocab, "tokens": windows * seq_len + 1,
+                "tokens_sha256": tokens_digest(tokens, windows * seq_len + 1)}))
     except OutputExists:
         pass  # built meanwhile by another process: theirs is complete (renamed into place)
     return open_cache(target)
+
+
+# -- the training mode ---------------------------------------------------------------------
+class Distiller:
+    """What :func:`warmstart.bench.train.train` needs to distill: batches, loss and the teacher's FLOPs.
+
+    With a `cache`, each step's windows are aligned cached windows drawn from
+    ``numpy.random.default_rng([data_seed, step])`` (deterministic, so resuming
+    keeps the data order); with a live `teacher` module, the usual random
+    windows and a teacher forward per batch. Either way the teacher's forward
+    FLOPs, 2 x teacher parameters x tokens, are counted.
+    """
+
+    def __init__(self, *, alpha: float = 0.5, temperature: float = 1.0, cache: TeacherCache | None = None,
+                 teacher=None, teacher_params: int | None = None):
+        if (cache is None) == (teacher is None):
+            raise WarmstartError("distillation needs either a teacher cache or a live teacher, not both")
+        distill_loss(_zeros(), _zeros_long(), _zeros(), alpha=alpha,
+                     temperature=temperature)  # validates alpha and temperature
+        self.alpha, self.temperature, self.cache, self.teacher = float(alpha), float(temperature), cache, teacher
+        if teacher_params is None:
+            if teacher is None:
+                raise WarmstartError("give teacher_params with a teacher cache (its FLOPs are counted)")
+            teacher_params = sum(p.numel() for p in teacher.parameters())
+        self.teacher_params = int(teacher_params)
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+
+    def check(self, train_tokens, seq_len: int, vocab_size: int | None = None) -> None:
+        if self.cache is not None:
+            if self.cache.seq_len != seq_len:
+                raise WarmstartError(f"the teacher cache holds windows of {self.cache.seq_len} tokens, training "
+                                     f"uses {seq_len}", self.cache.path)
+            self.cache.check_tokens(train_tokens)
+            if vocab_size is not None and self.cache.vocab:
+                check_vocab(self.cache.vocab, vocab_size, self.cache.path)
+        elif vocab_size is not None:
+            check_vocab(int(self.teacher.config.vocab_size), vocab_size)
+
+    def offsets(self, n_tokens: int, seq_len: int, batch_size: int, data_seed: int, step: int):
+        if self.cache is None:
+            from warmstart.bench.train import batch_offsets
+
+            return batch_offsets(n_tokens, seq_len, batch_size, data_seed, step)
+        rng = np.random.default_rng([int(data_seed), int(step)])
+        return rng.integers(0, self.cache.windows, size=batch_size) * seq_len
+
+    def loss(self, net, x, y, offsets):
+        import torch
+
+        logits = net(input_ids=x).logits
+        if self.cache is not None:
+            ids = [int(o) // self.cache.seq_len for o in offsets]
+            v = torch.from_numpy(np.stack([self.cache.values[c] for c in ids]).astype(np.float32))
+            i = torch.from_numpy(np.stack([self.cache.indices[c] for c in ids]).astype(np.int64))
+            teacher = TopK(v.to(logits.device), i.to(logits.device))
+        else:
+            with torch.no_grad():
+                teacher = self.teacher(input_ids=x).logits
+        return distill_loss(logits, y, teacher, alpha=self.alpha, temperature=self.temperature)[0]
+
+    def flops(self, tokens: int) -> float:
+        return teacher_flops(self.teacher_params, tokens)
+
+
+def _zeros():
+    import torch
+
+    return torch.zeros(1, 2)
+
+
+def _zeros_long():
+    import torch
+
+    return torch.zeros(1, dtype=torch.long)
 
 
 # -- PERP -----------------------------------------------------------------------------

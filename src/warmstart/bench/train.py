@@ -100,6 +100,7 @@ class TrainResult:
     first_eval_loss: float | None
     resumed_from: int | None = None
     saved: list[str] = field(default_factory=list)
+    teacher_flops: float = 0.0  # distillation: the teacher's forwards (2 x its parameters x tokens)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -354,6 +355,7 @@ def train(
     save_final: bool = True,
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
+    distill=None,
     **settings_kw,
 ) -> TrainResult:
     """Train a causal LM on packed tokens; log JSONL; save HF directories; resumable.
@@ -365,7 +367,9 @@ def train(
     ``init_fn(model)``: applied once, before the first evaluation of a fresh
     run (e.g. shrink-and-perturb). ``extra_files``: copied into every saved
     HF directory (tokenizer files). ``on_step(row)`` is called after each
-    logged step (e.g. to stop early). Other keywords are :class:`TrainSettings`
+    logged step (e.g. to stop early). ``distill``: a
+    :class:`warmstart.bench.distill.Distiller` (teacher targets, loss, teacher
+    FLOPs in the log's ``teacher_flops``). Other keywords are :class:`TrainSettings`
     fields. The log goes to ``log_path`` (default ``out_dir/log.jsonl``).
     """
     import torch
@@ -411,6 +415,8 @@ def train(
     acc.wait_for_everyone()
 
     net = build_model(model, s.seed)
+    if distill is not None:
+        distill.check(train_tokens, s.seq_len, getattr(getattr(net, "config", None), "vocab_size", None))
     resuming = resume and (out_dir / "state" / "trainer.json").exists()
     if init_fn is not None and not resuming:
         init_fn(net)
@@ -463,7 +469,8 @@ def train(
         lr = lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        offsets = batch_offsets(len(train_tokens), s.seq_len, s.batch_size, data_seed, step)[rank::world]
+        draw = batch_offsets if distill is None else distill.offsets
+        offsets = draw(len(train_tokens), s.seq_len, s.batch_size, data_seed, step)[rank::world]
         total = torch.zeros((), dtype=torch.float64, device=acc.device)
         for k in range(s.grad_accum):
             x, y = windows(train_tokens, offsets[k * micro:(k + 1) * micro], s.seq_len)
@@ -471,7 +478,8 @@ def train(
             sync = acc.no_sync(net) if k + 1 < s.grad_accum else _null()
             with sync:
                 with acc.autocast():
-                    loss = _loss(net, x, y)
+                    loss = (_loss(net, x, y) if distill is None
+                            else distill.loss(net, x, y, offsets[k * micro:(k + 1) * micro]))
                 acc.backward(loss / s.grad_accum)
             total += loss.detach().double() / s.grad_accum
         if s.grad_clip and s.grad_clip > 0:
@@ -488,6 +496,8 @@ def train(
                                  out_dir)
         row = {"step": n, "tokens": n * tokens_per_step, "flops": 6.0 * n_flops * n * tokens_per_step,
                "time": round(elapsed, 4), "lr": lr, "train_loss": train_loss}
+        if distill is not None:
+            row["teacher_flops"] = distill.flops(n * tokens_per_step)
         if ev_offsets is not None and (n % s.eval_every == 0 or n == s.steps):
             last_eval = evaluate(net, eval_tokens, ev_offsets, s.seq_len, s.batch_size, acc)
             row["eval_loss"] = last_eval
@@ -516,6 +526,7 @@ def train(
         tokens=s.steps * tokens_per_step, flops=6.0 * n_flops * s.steps * tokens_per_step, time=elapsed,
         params=n_params, flops_params=n_flops, final_eval_loss=last_eval, first_eval_loss=first_eval,
         resumed_from=resumed_from, saved=saved,
+        teacher_flops=0.0 if distill is None else distill.flops(s.steps * tokens_per_step),
     )
     if acc.is_main_process:
         tmp = out_dir / f".{RESULT_NAME}.partial"
