@@ -93,10 +93,17 @@ def top_k(logits, k: int) -> TopK:
 # -- tokenizers ----------------------------------------------------------------------
 def check_same_tokenizer(teacher_dir, student_dir) -> None:
     """Refuse a teacher whose tokenizer differs from the student's (distillation compares token ids)."""
-    from warmstart.ops.importance import load_tokenizer
+    def vocab(folder):
+        folder = Path(folder)
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
 
-    a, b = load_tokenizer(teacher_dir), load_tokenizer(student_dir)
-    if a.get_vocab() != b.get_vocab():
+            return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab(with_added_tokens=True)
+        from warmstart.ops.importance import load_tokenizer
+
+        return load_tokenizer(folder).get_vocab()
+
+    if vocab(teacher_dir) != vocab(student_dir):
         raise WarmstartError("the teacher's tokenizer differs from the student's (different vocabularies): "
                              "distillation needs the same token ids", teacher_dir)
 
@@ -255,7 +262,7 @@ class Distiller:
     """
 
     def __init__(self, *, alpha: float = 0.5, temperature: float = 1.0, cache: TeacherCache | None = None,
-                 teacher=None, teacher_params: int | None = None):
+                 teacher=None, teacher_params: int | None = None, norms_only: bool = False):
         if (cache is None) == (teacher is None):
             raise WarmstartError("distillation needs either a teacher cache or a live teacher, not both")
         distill_loss(_zeros(), _zeros_long(), _zeros(), alpha=alpha,
@@ -266,10 +273,16 @@ class Distiller:
                 raise WarmstartError("give teacher_params with a teacher cache (its FLOPs are counted)")
             teacher_params = sum(p.numel() for p in teacher.parameters())
         self.teacher_params = int(teacher_params)
+        self.norms_only = bool(norms_only)
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
+
+    def prepare(self, net) -> None:
+        """Before training (fresh or resumed): PERP freezes all but norms and biases."""
+        if self.norms_only:
+            only_norms_and_biases(net)
 
     def check(self, train_tokens, seq_len: int, vocab_size: int | None = None) -> None:
         if self.cache is not None:

@@ -417,6 +417,7 @@ def train(
     net = build_model(model, s.seed)
     if distill is not None:
         distill.check(train_tokens, s.seq_len, getattr(getattr(net, "config", None), "vocab_size", None))
+        distill.prepare(net)
     resuming = resume and (out_dir / "state" / "trainer.json").exists()
     if init_fn is not None and not resuming:
         init_fn(net)
@@ -457,7 +458,7 @@ def train(
     if start == 0 and ev_offsets is not None:
         first_eval = evaluate(net, eval_tokens, ev_offsets, s.seq_len, s.batch_size, acc)
         log({"step": 0, "tokens": 0, "flops": 0.0, "time": 0.0, "lr": lr_at(0), "train_loss": None,
-             "eval_loss": first_eval})
+             "eval_loss": first_eval, **({} if distill is None else {"teacher_flops": 0.0, "flops_with_teacher": 0.0})})
 
     bar = tqdm(total=s.steps, initial=start, desc=desc, disable=not progress or not acc.is_local_main_process,
                dynamic_ncols=True, leave=False)
@@ -498,6 +499,7 @@ def train(
                "time": round(elapsed, 4), "lr": lr, "train_loss": train_loss}
         if distill is not None:
             row["teacher_flops"] = distill.flops(n * tokens_per_step)
+            row["flops_with_teacher"] = row["flops"] + row["teacher_flops"]
         if ev_offsets is not None and (n % s.eval_every == 0 or n == s.steps):
             last_eval = evaluate(net, eval_tokens, ev_offsets, s.seq_len, s.batch_size, acc)
             row["eval_loss"] = last_eval
