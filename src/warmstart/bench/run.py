@@ -223,9 +223,7 @@ def _distiller(ctx: Context, index: int, start: Path | None, steps: int):
 
     r, arm, main = ctx.recipe, ctx.recipe.arms[index], ctx.data["main"]
     spec = arm.distill
-    teacher = Path(spec.teacher) if spec.teacher else Path(arm.checkpoint)
-    if not teacher.is_absolute():
-        teacher = base_dir(r) / teacher
+    teacher = model_path(r, spec.teacher or arm.checkpoint)
     DL.check_same_tokenizer(teacher, main.tokenizer_dir)
     lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher)).eval()
     n = flops_params(lm)
@@ -273,9 +271,7 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         source_cost = {"tokens": float(res["tokens"]), "flops": float(res["flops"]), "time": float(res["time"])}
         start = source_dir / "final"
     elif arm.checkpoint:
-        start = Path(arm.checkpoint)
-        if not start.is_absolute():
-            start = base_dir(r) / start
+        start = model_path(r, arm.checkpoint)
         source_cost = None if arm.checkpoint_flops is None else {"tokens": None, "flops": arm.checkpoint_flops,
                                                                  "time": None}
     else:
@@ -328,9 +324,7 @@ def check_starts(ctx: Context) -> None:
     for i, arm in enumerate(r.arms):
         if not arm.checkpoint:
             continue
-        path = Path(arm.checkpoint)
-        if not path.is_absolute():
-            path = base_dir(r) / path
+        path = model_path(r, arm.checkpoint)
         if not (path / "config.json").is_file():
             raise RecipeError(f"arms[{i}].checkpoint: not a model directory (no config.json): {arm.checkpoint}")
         model = open_model(path)
@@ -540,5 +534,17 @@ def _merged(stored: Path, mine: dict) -> dict:
 def _tokenizer_path(recipe: Recipe):
     if recipe.tokenizer.path is None:
         return None
-    p = Path(recipe.tokenizer.path)
+    return model_path(recipe, recipe.tokenizer.path)
+
+
+def model_path(recipe: Recipe, value: str) -> Path:
+    """A recipe's model or tokenizer path: relative to the recipe's folder, or ``asset:NAME`` (warmstart.assets)."""
+    if value.startswith("asset:"):
+        from warmstart import assets
+
+        name = value[len("asset:"):]
+        if name not in assets.ASSETS:
+            raise RecipeError(f"unknown asset {name!r} (assets: {', '.join(assets.ASSETS)})")
+        return assets.ASSETS[name]()
+    p = Path(value)
     return p if p.is_absolute() else base_dir(recipe) / p
