@@ -129,7 +129,7 @@ def main() -> None:
     rows.append({"width": "random init", "depth": "-", "blocks": None,
                  "heldout_loss": eval_loss(out / "random-init", windows)})
 
-    lines = [f"| width importance | depth importance | kept blocks | held-out loss |", "|---|---|---|---|"]
+    lines = ["| width importance | depth importance | kept blocks | held-out loss |", "|---|---|---|---|"]
     for r in rows:
         blocks = "-" if r["blocks"] is None else ",".join(map(str, r["blocks"]))
         lines.append(f"| {r['width']} | {r['depth']} | {blocks} | {r['heldout_loss']:.3f} |")

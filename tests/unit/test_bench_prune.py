@@ -87,7 +87,7 @@ def test_prune_and_distill_arms_run_and_count_the_teacher(setup, capsys):
 
 
 def test_teacher_with_another_tokenizer_is_refused(setup, capsys):
-    tmp, path, teacher = setup
+    tmp, path, _ = setup
     data = yaml.safe_load(path.read_text())
     data["tokenizer"] = {"vocab_size": 300}
     path.write_text(yaml.safe_dump(data))

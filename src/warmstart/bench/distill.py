@@ -61,7 +61,6 @@ def distill_loss(student_logits, targets, teacher, *, alpha: float = 0.5, temper
     full logits [..., V] or a :class:`TopK`. Returns (loss, ce, kl) with the
     last two detached, for logging.
     """
-    import torch
     import torch.nn.functional as F
 
     if not 0.0 <= float(alpha) <= 1.0:

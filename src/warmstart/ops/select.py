@@ -187,8 +187,8 @@ def select(model, *, hidden=None, intermediate=None, heads=None, kv_heads=None, 
                  + ("chosen per block" if layer_maps else "the same in every block")
                  + "); whole heads, query heads with their own KV head; no rescaling"]
     else:
-        notes = ["evenly spaced units, the same in every layer; whole heads, KV heads chosen first and query heads "
-                 "inside their groups; no rescaling"]
+        notes = [("evenly spaced units, the same in every layer; whole heads, KV heads chosen first and query heads "
+                  "inside their groups; no rescaling")]
     notes.append("not exact: the narrower model starts near, not at, the source's function")
     spec = W.WidthSpec("select", maps, seed=int(seed), notes=notes, layer_maps=layer_maps)
     return W.width_transform(model, targets, spec, exact=False)
