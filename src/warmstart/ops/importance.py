@@ -32,9 +32,9 @@ Modules are found from the arch spec's tensor names (a role's weight
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from warmstart.errors import WarmstartError
