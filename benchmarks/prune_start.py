@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--loss-batches", type=int, default=1, help="calibration batches for the loss-based depth")
+    ap.add_argument("--loss-batches", type=int, default=1, help="calibration batches for the loss-based depth (0: leave it out)")
     ap.add_argument("--eval-windows", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -99,20 +99,24 @@ def main() -> None:
     imp = I.activation_importance(src, tokens)
     t_act = time.time() - t0
     print(f"activation importance: {imp.tokens} calibration tokens in {t_act:.0f}s", flush=True)
-    t0 = time.time()
-    from warmstart.arch import open_model
+    depths = ["block-influence", "loss", "even", "first"]
+    if args.loss_batches > 0:
+        t0 = time.time()
+        from warmstart.arch import open_model
 
-    lm = I.load_causal_lm(src, open_model(src))
-    imp.block_loss = I.block_loss_increase(lm, open_model(src), tokens[: args.loss_batches])
-    t_loss = time.time() - t0
-    del lm
-    print(f"block loss on {args.loss_batches} batches in {t_loss:.0f}s", flush=True)
+        lm = I.load_causal_lm(src, open_model(src))
+        imp.block_loss = I.block_loss_increase(lm, open_model(src), tokens[: args.loss_batches])
+        t_loss = time.time() - t0
+        del lm
+        print(f"block loss on {args.loss_batches} batches in {t_loss:.0f}s", flush=True)
+    else:
+        depths.remove("loss")
 
     teacher = eval_loss(src, windows)
     shape = dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate)
     rows = []
     for width in ("activation", "magnitude", "select"):
-        for depth in ("block-influence", "loss", "even", "first"):
+        for depth in depths:
             d = out / f"{width}-{depth}"
             r = prune_model(src, d, importance=width, layers=args.layers, depth_importance=depth, force=True,
                             measured=imp, corpus=[calib], **shape)
@@ -121,7 +125,7 @@ def main() -> None:
             print(f"{width:10s} {depth:15s} blocks {r.layers}  held-out loss {loss:.3f}", flush=True)
 
     # A same-shaped random init, for scale.
-    cfg = json.loads((out / "select-even" / "config.json").read_text())
+    cfg = json.loads((out / f"select-{depths[-1]}" / "config.json").read_text())
     torch.manual_seed(0)
     rnd = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{k: v for k, v in cfg.items()
                                                                     if k not in ("architectures",)}))
@@ -141,7 +145,8 @@ def main() -> None:
         "target": {"layers": args.layers, **shape}, "calibration_tokens": imp.tokens,
         "eval_tokens": int(windows[:, 1:].numel()), "teacher_loss": teacher, "rows": rows,
         "block_influence": [float(x) for x in imp.block_influence],
-        "block_loss": [float(x) for x in imp.block_loss], "uniform_loss": math.log(cfg["vocab_size"]),
+        "block_loss": None if imp.block_loss is None else [float(x) for x in imp.block_loss],
+        "uniform_loss": math.log(cfg["vocab_size"]),
     }, indent=1))
 
 
