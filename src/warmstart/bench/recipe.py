@@ -23,7 +23,9 @@ existing Hugging Face directory) starts from it, after the ``grow`` chain of
 registered operations if one is given; without ``grow`` it continues the
 source as is (continued pretraining). Every arm may override ``lr``,
 ``schedule`` and the training ``steps``/``tokens``, and may shrink and perturb
-its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``).
+its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``). ``prune`` cuts a
+checkpoint to the target shape by importance, and ``distill`` trains on a
+teacher's soft targets (docs/prune.md); model paths may be ``asset:smollm2``.
 
 Errors read ``arms[2].grow.layers: stack repeats all 6 layers, ...``: the
 path of the field, then the problem.
