@@ -185,7 +185,7 @@ def _prune(ctx: Context, index: int, start: Path) -> Path:
     """Write the pruned start of arm `index` (importance from windows of the training split; shared by seeds)."""
     import torch
 
-    from warmstart.bench.train import eval_offsets
+    from warmstart.bench.train import _quiet, eval_offsets
     from warmstart.ops import importance as I
     from warmstart.ops.prune import prune_model
 
@@ -202,8 +202,9 @@ def _prune(ctx: Context, index: int, start: Path) -> Path:
     depth = spec.depth_importance or "block-influence"
     measured = None
     if spec.importance == "activation" or depth in ("block-influence", "loss"):
-        measured = I.activation_importance(start, windows.reshape(spec.batches, spec.batch_size, seq),
-                                           block_loss=depth == "loss")
+        with _quiet():
+            measured = I.activation_importance(start, windows.reshape(spec.batches, spec.batch_size, seq),
+                                               block_loss=depth == "loss")
     m = r.model
     out.parent.mkdir(parents=True, exist_ok=True)
     if ctx.accelerator.is_main_process:
@@ -219,13 +220,14 @@ def _distiller(ctx: Context, index: int, start: Path | None, steps: int):
     import transformers as tf
 
     from warmstart.bench import distill as DL
-    from warmstart.bench.train import flops_params
+    from warmstart.bench.train import _quiet, flops_params
 
     r, arm, main = ctx.recipe, ctx.recipe.arms[index], ctx.data["main"]
     spec = arm.distill
     teacher = model_path(r, spec.teacher or arm.checkpoint)
     DL.check_same_tokenizer(teacher, main.tokenizer_dir)
-    lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher)).eval()
+    with _quiet():
+        lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher)).eval()
     n = flops_params(lm)
     if spec.live:
         return DL.Distiller(alpha=spec.alpha, temperature=spec.temperature, teacher=lm, teacher_params=n,
