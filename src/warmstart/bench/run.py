@@ -276,6 +276,9 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         start = model_path(r, arm.checkpoint)
         source_cost = None if arm.checkpoint_flops is None else {"tokens": None, "flops": arm.checkpoint_flops,
                                                                  "time": None}
+        if arm.prune is not None and arm.checkpoint_flops is None:
+            # Pruning the checkpoint the user already has: its pretraining is sunk, counted as zero.
+            source_cost = {k: 0.0 for k in M.KEYS}
     else:
         start = None
     if start is None:
