@@ -82,8 +82,13 @@ def test_prune_and_distill_arms_run_and_count_the_teacher(setup, capsys):
     final = load_file(str(work / "arms" / "select_live" / "final" / "model.safetensors"))
     assert (start["model.embed_tokens.weight"] == final["model.embed_tokens.weight"]).all()
     assert not (start["model.norm.weight"] == final["model.norm.weight"]).all()
-    report = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    assert "teacher" in report
+    report = (out / "report.md").read_text()
+    assert "teacher FLOPs" in report
+    results = json.loads((out / "results.json").read_text())
+    arms = results["per_seed"][0]["arms"]
+    # The pruned checkpoint's pretraining is sunk (counted 0); the teacher's forwards are reported.
+    assert arms["pruned"]["source_cost"] == {"tokens": 0.0, "flops": 0.0, "time": 0.0}
+    assert arms["pruned_kd"]["teacher_flops"] == 2.0 * n_teacher * 4 * 64
 
 
 def test_teacher_with_another_tokenizer_is_refused(setup, capsys):
