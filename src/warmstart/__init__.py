@@ -11,7 +11,7 @@ imported by the modules that compute with them.
 __version__ = "0.1.0"
 
 API = ("convert", "import_gguf", "chain", "grow", "shrink", "run", "merge", "vocab", "tokenizer_train", "inspect",
-       "verify", "compare", "bench", "upcycle", "adapter", "export_lora")
+       "verify", "compare", "bench", "upcycle", "adapter", "export_lora", "prune")
 
 
 def __getattr__(name: str):

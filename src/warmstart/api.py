@@ -195,6 +195,22 @@ def upcycle(model, out, *, before: Sequence[tuple[str, dict] | dict] | None = ()
                  dry_run=dry_run, progress=progress, verify=verify)
 
 
+def prune(model, out, *, corpus: Sequence | None = None, importance: str = "activation", layers: int | None = None,
+          depth_importance: str | None = None, hidden: int | None = None, intermediate: int | None = None,
+          heads: int | None = None, kv_heads: int | None = None, batches: int = 16, batch_size: int = 4,
+          seq_len: int = 256, dtype: str | None = None, max_shard_size: str | int | None = "2GB", force: bool = False,
+          dry_run: bool = False, progress: bool = False):
+    """A smaller model keeping the units and blocks that matter most on `corpus` (Minitron's activation importance,
+    ShortGPT's block influence), or by magnitude / Weight Selection without data. Not exact: train or distill after."""
+    from warmstart.ops.prune import corpus_paths, prune_model
+
+    return prune_model(model, out, corpus=corpus_paths(corpus) if corpus else None, importance=importance,
+                       layers=layers, depth_importance=depth_importance, hidden=hidden, intermediate=intermediate,
+                       heads=heads, kv_heads=kv_heads, batches=batches, batch_size=batch_size, seq_len=seq_len,
+                       dtype=dtype, force=force, max_shard_bytes=parse_size(max_shard_size), progress=progress,
+                       dry_run=dry_run)
+
+
 def shrink_steps(*, layers: int | None = None, depth_method: str = "drop", hidden: int | None = None,
                  intermediate: int | None = None, heads: int | None = None, kv_heads: int | None = None,
                  seed: int = 0) -> list[tuple[str, dict]]:

@@ -23,7 +23,9 @@ existing Hugging Face directory) starts from it, after the ``grow`` chain of
 registered operations if one is given; without ``grow`` it continues the
 source as is (continued pretraining). Every arm may override ``lr``,
 ``schedule`` and the training ``steps``/``tokens``, and may shrink and perturb
-its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``).
+its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``). ``prune`` cuts a
+checkpoint to the target shape by importance, and ``distill`` trains on a
+teacher's soft targets (docs/prune.md); model paths may be ``asset:smollm2``.
 
 Errors read ``arms[2].grow.layers: stack repeats all 6 layers, ...``: the
 path of the field, then the problem.
@@ -147,12 +149,35 @@ class ShrinkPerturb(_Strict):
     noise: float = Field(default=0.0, ge=0)
 
 
+class PruneSpec(_Strict):
+    """Importance pruning of the arm's start to the target shape (see :mod:`warmstart.ops.prune`)."""
+
+    importance: Literal["activation", "magnitude", "select"] = "activation"
+    depth_importance: Literal["block-influence", "loss", "even", "first"] | None = None
+    batches: int = Field(default=8, gt=0)  # calibration windows: batches x batch_size, from the training split
+    batch_size: int = Field(default=4, gt=0)
+
+
+class DistillSpec(_Strict):
+    """Train on alpha * CE + (1 - alpha) * T^2 * KL to a teacher (see :mod:`warmstart.bench.distill`)."""
+
+    teacher: str | None = None  # a model directory; default: the arm's checkpoint
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_k: int = Field(default=64, gt=0)  # cached top-k logits per position
+    live: bool = False  # run the teacher at every step instead of reading its cache
+    windows: int | None = Field(default=None, gt=0)  # cached windows (default: the whole training split)
+    norms_only: bool = False  # PERP: train only norm weights and biases
+
+
 class ArmSpec(Budget):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
     source: str | None = None
     checkpoint: str | None = None
     checkpoint_flops: float | None = Field(default=None, ge=0)  # what the checkpoint cost, if known
     grow: list[dict[str, Any]] | None = None
+    prune: PruneSpec | None = None
+    distill: DistillSpec | None = None
     shrink_perturb: ShrinkPerturb | None = None
     grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
 
@@ -169,10 +194,18 @@ class ArmSpec(Budget):
             raise ValueError("give source or checkpoint, not both")
         if self.grow is not None and not (self.source or self.checkpoint):
             raise ValueError("grow needs a source or a checkpoint to grow from")
+        if self.prune is not None and not (self.source or self.checkpoint):
+            raise ValueError("prune needs a source or a checkpoint to prune")
+        if self.prune is not None and self.grow is not None:
+            raise ValueError("give grow or prune, not both")
+        if self.distill is not None and self.distill.teacher is None and not self.checkpoint:
+            raise ValueError("distill needs a teacher (distill.teacher) when the arm has no checkpoint")
         return self
 
     @property
     def kind(self) -> str:
+        if self.prune is not None:
+            return "prune"
         if self.source or self.checkpoint:
             return "grow" if self.grow else "continue"
         return "scratch"

@@ -68,6 +68,11 @@ def seed_metrics(recipe, run: dict, mode: str = "interpolate") -> dict:
         d["log"] = a["log"]
         d["total_flops"] = a["result"]["flops"]
         d["params"] = a["result"]["params"]
+        d["teacher_flops"] = float(a["result"].get("teacher_flops") or 0.0)
+        if d["teacher_flops"]:  # distillation: the teacher's forwards are not sunk, count them too
+            with_teacher = M.cost_to_target(a["rows"], target, "flops_with_teacher", mode)
+            d["flops_to_target_with_teacher"] = with_teacher
+            d["speedup_with_teacher"] = M.ratio(reference["flops"], with_teacher)
         out[name] = d
     src_finals = {n: s["final_eval_loss"] for n, s in run["sources"].items()}
     not_beaten = M.honesty(ref_final, src_finals, recipe.honesty_margin) if ref_final is not None else []
@@ -85,6 +90,9 @@ def summarize(per_seed: list[dict]) -> dict:
              "flags": sorted({f for r in rows for f in r["flags"]})}
         for key in ("final_eval_loss", "first_eval_loss", "loss_at_equal_compute", "total_flops"):
             d[key] = M.median([r[key] for r in rows])
+        for key in ("teacher_flops", "flops_to_target_with_teacher", "speedup_with_teacher"):
+            if all(key in r for r in rows):
+                d[key] = M.median([r[key] for r in rows])
         for group in ("to_target", "source_cost", "speedup", "speedup_with_source", "fraction_with_source"):
             d[group] = {k: M.median([r[group][k] for r in rows]) for k in M.KEYS}
         summary[name] = d
@@ -261,6 +269,18 @@ def markdown(recipe, results: dict) -> str:
                  "from the cache. On a shared machine wall time measures the load as much as the method: tokens and "
                  "FLOPs do not depend on it.")
     lines.append("")
+    taught = {n: a for n, a in s["arms"].items() if a.get("teacher_flops")}
+    if taught:
+        lines.append("Distillation: the teacher's forward passes (2 x teacher parameters x tokens, cached or live) "
+                     "are not sunk; with them counted:")
+        lines.append("")
+        lines.append("| arm | teacher FLOPs (whole run) | FLOPs to target without teacher | with teacher "
+                     "| speedup with teacher |")
+        lines.append("|---|---|---|---|---|")
+        for name, a in taught.items():
+            lines.append(f"| {name} | {_big(a['teacher_flops'])} | {_big(a['to_target']['flops'])} "
+                         f"| {_big(a['flops_to_target_with_teacher'])} | {_x(a['speedup_with_teacher'])} |")
+        lines.append("")
     best, frac = results["best"]["arm"], results["best"]["fraction_with_source"]
     if best is None:
         warm = [a for a in results["summary"]["arms"].values() if a["kind"] != "scratch"]

@@ -176,6 +176,64 @@ def _grow(ctx: Context, index: int, start: Path, seed: int) -> Path:
     return out
 
 
+def _prune(ctx: Context, index: int, start: Path) -> Path:
+    """Write the pruned start of arm `index` (importance from windows of the training split; shared by seeds)."""
+    import torch
+
+    from warmstart.bench.train import _quiet, eval_offsets
+    from warmstart.ops import importance as I
+    from warmstart.ops.prune import prune_model
+
+    r, arm = ctx.recipe, ctx.recipe.arms[index]
+    spec, main = arm.prune, ctx.data["main"]
+    out = ctx.work / "pruned" / arm.name
+    if (out / "config.json").exists():
+        return out
+    ctx.say(f"arm {arm.name}: pruning ({spec.importance} importance) to the target shape")
+    seq = r.model.seq_len
+    n = spec.batches * spec.batch_size
+    offsets = eval_offsets(len(main.train), seq, n)
+    windows = torch.tensor([list(map(int, main.train[o:o + seq])) for o in offsets], dtype=torch.long)
+    depth = spec.depth_importance or "block-influence"
+    measured = None
+    if spec.importance == "activation" or depth in ("block-influence", "loss"):
+        with _quiet():
+            measured = I.activation_importance(start, windows.reshape(spec.batches, spec.batch_size, seq),
+                                               block_loss=depth == "loss")
+    m = r.model
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if ctx.accelerator.is_main_process:
+        prune_model(start, out, importance=spec.importance, layers=m.layers, depth_importance=depth,
+                    hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads or m.heads,
+                    intermediate=m.intermediate or 3 * m.hidden, measured=measured, force=True)
+    ctx.accelerator.wait_for_everyone()
+    return out
+
+
+def _distiller(ctx: Context, index: int, start: Path | None, steps: int):
+    """The arm's Distiller: the teacher's cached top-k logits (built once per teacher and corpus) or a live teacher."""
+    import transformers as tf
+
+    from warmstart.bench import distill as DL
+    from warmstart.bench.train import _quiet, flops_params
+
+    r, arm, main = ctx.recipe, ctx.recipe.arms[index], ctx.data["main"]
+    spec = arm.distill
+    teacher = model_path(r, spec.teacher or arm.checkpoint)
+    DL.check_same_tokenizer(teacher, main.tokenizer_dir)
+    with _quiet():
+        lm = tf.AutoModelForCausalLM.from_pretrained(str(teacher)).eval()
+    n = flops_params(lm)
+    if spec.live:
+        return DL.Distiller(alpha=spec.alpha, temperature=spec.temperature, teacher=lm, teacher_params=n,
+                            norms_only=spec.norms_only)
+    root = (ctx.source_cache.parent if ctx.source_cache is not None else ctx.work) / "distill"
+    cache = DL.teacher_cache(teacher, main.train, seq_len=r.model.seq_len, k=spec.top_k, windows=spec.windows,
+                             root=root, lm=lm, progress=ctx.progress)
+    return DL.Distiller(alpha=spec.alpha, temperature=spec.temperature, cache=cache, teacher_params=n,
+                        norms_only=spec.norms_only)
+
+
 def shrink_perturb(shrink: float, noise: float, seed: int):
     """theta <- shrink * theta + noise * theta_init, theta_init a fresh initialisation of the same model
     ("On Warm-Starting Neural Network Training")."""
@@ -208,26 +266,30 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         source_cost = {"tokens": float(res["tokens"]), "flops": float(res["flops"]), "time": float(res["time"])}
         start = source_dir / "final"
     elif arm.checkpoint:
-        start = Path(arm.checkpoint)
-        if not start.is_absolute():
-            start = base_dir(r) / start
+        start = model_path(r, arm.checkpoint)
         source_cost = None if arm.checkpoint_flops is None else {"tokens": None, "flops": arm.checkpoint_flops,
                                                                  "time": None}
+        if arm.prune is not None and arm.checkpoint_flops is None:
+            # Pruning the checkpoint the user already has: its pretraining is sunk, counted as zero.
+            source_cost = {k: 0.0 for k in M.KEYS}
     else:
         start = None
     if start is None:
         model = r.model.hf_config(main.vocab_size, r.model.seq_len)
     elif arm.grow:
         model = _grow(ctx, index, start, seed)
+    elif arm.prune:
+        model = _prune(ctx, index, start)
     else:
         model = start
     init = None
     if arm.shrink_perturb is not None:
         init = shrink_perturb(arm.shrink_perturb.shrink, arm.shrink_perturb.noise, 20_000 + seed)
     kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
+    distiller = _distiller(ctx, index, start, kw["steps"]) if arm.distill is not None else None
     out = ctx.work / f"seed-{seed}" / "arms" / arm.name
     run_dir = out
-    if arm.kind == "scratch" and init is None and ctx.source_cache is not None and not (out / "result.json").exists():
+    if arm.kind == "scratch" and init is None and distiller is None and ctx.source_cache is not None and not (out / "result.json").exists():
         key = _hash({"format": SOURCE_FORMAT, "scratch": model, "data": str(main.tokenizer_dir.parent.name),
                      "train": kw})
         cached = ctx.source_cache.parent / "scratch" / key
@@ -241,7 +303,7 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
         ctx.say(f"arm {arm.name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
     result = T.train(model, main.train, main.val, out_dir=run_dir, resume=True, progress=ctx.progress,
                    desc=f"{arm.name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
-                   accelerator=ctx.accelerator, **kw)
+                   accelerator=ctx.accelerator, distill=distiller, **kw)
     if run_dir != out:
         _link(run_dir, out, ctx.accelerator)
     rows = T.read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
@@ -258,9 +320,7 @@ def check_starts(ctx: Context) -> None:
     for i, arm in enumerate(r.arms):
         if not arm.checkpoint:
             continue
-        path = Path(arm.checkpoint)
-        if not path.is_absolute():
-            path = base_dir(r) / path
+        path = model_path(r, arm.checkpoint)
         if not (path / "config.json").is_file():
             raise RecipeError(f"arms[{i}].checkpoint: not a model directory (no config.json): {arm.checkpoint}")
         model = open_model(path)
@@ -465,5 +525,17 @@ def _merged(stored: Path, mine: dict) -> dict:
 def _tokenizer_path(recipe: Recipe):
     if recipe.tokenizer.path is None:
         return None
-    p = Path(recipe.tokenizer.path)
+    return model_path(recipe, recipe.tokenizer.path)
+
+
+def model_path(recipe: Recipe, value: str) -> Path:
+    """A recipe's model or tokenizer path: relative to the recipe's folder, or ``asset:NAME`` (warmstart.assets)."""
+    if value.startswith("asset:"):
+        from warmstart import assets
+
+        name = value[len("asset:"):]
+        if name not in assets.ASSETS:
+            raise RecipeError(f"unknown asset {name!r} (assets: {', '.join(assets.ASSETS)})")
+        return assets.ASSETS[name]()
+    p = Path(value)
     return p if p.is_absolute() else base_dir(recipe) / p

@@ -108,6 +108,7 @@ class TrainResult:
     first_eval_loss: float | None
     resumed_from: int | None = None
     saved: list[str] = field(default_factory=list)
+    teacher_flops: float = 0.0  # distillation: the teacher's forwards (2 x its parameters x tokens)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -353,6 +354,7 @@ def train(
     save_final: bool = True,
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
+    distill=None,
     **settings_kw,
 ) -> TrainResult:
     """Train a causal LM on packed tokens; log JSONL; save HF directories; resumable.
@@ -364,12 +366,14 @@ def train(
     ``init_fn(model)``: applied once, before the first evaluation of a fresh
     run (e.g. shrink-and-perturb). ``extra_files``: copied into every saved
     HF directory (tokenizer files). ``on_step(row)`` is called after each
-    logged step (e.g. to stop early). Other keywords are :class:`TrainSettings`
+    logged step (e.g. to stop early). ``distill``: a
+    :class:`warmstart.bench.distill.Distiller` (teacher targets, loss, teacher
+    FLOPs in the log's ``teacher_flops``). Other keywords are :class:`TrainSettings`
     fields. The log goes to ``log_path`` (default ``out_dir/log.jsonl``).
     """
     s = TrainSettings(steps=steps, **settings_kw)
     t = Trainer(s, train_tokens, eval_tokens, out_dir=Path(out_dir), log_path=log_path, desc=desc,
-                extra_files=extra_files, accelerator=accelerator, progress=progress)
+                extra_files=extra_files, accelerator=accelerator, progress=progress, distill=distill)
     finished = t.finished(resume, force)
     if finished is not None:
         return finished
@@ -391,7 +395,7 @@ class Trainer:
     """
 
     def __init__(self, s: TrainSettings, train_tokens, eval_tokens, *, out_dir: Path, log_path, desc: str,
-                 extra_files: Sequence, accelerator, progress: bool = True):
+                 extra_files: Sequence, accelerator, progress: bool = True, distill=None):
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
             if getattr(s, name) < 1:
                 raise WarmstartError(f"{name} must be at least 1, got {getattr(s, name)}")
@@ -406,6 +410,7 @@ class Trainer:
         self.out_dir = out_dir
         self.log_path = Path(log_path) if log_path else out_dir / LOG_NAME
         self.desc, self.extra_files, self.progress = desc, extra_files, progress
+        self.distill = distill  # bench.distill.Distiller: teacher targets, the loss, the teacher's FLOPs
         self.acc = _accelerator(s, accelerator)
         self.world = self.acc.num_processes
         if s.batch_size % (self.world * s.grad_accum):
@@ -449,6 +454,9 @@ class Trainer:
 
         s, acc = self.s, self.acc
         net = build_model(model, s.seed)
+        if self.distill is not None:
+            self.distill.check(self.train_tokens, s.seq_len, getattr(getattr(net, "config", None), "vocab_size", None))
+            self.distill.prepare(net)
         resuming = resume and (self.out_dir / "state" / "trainer.json").exists()
         if init_fn is not None and not resuming:
             init_fn(net)
@@ -475,7 +483,8 @@ class Trainer:
         if self.start == 0 and self.ev_offsets is not None:
             self.first_eval = self.evaluate()
             self.log({"step": 0, "tokens": 0, "flops": 0.0, "time": 0.0, "lr": self.lr_at(0), "train_loss": None,
-                      "eval_loss": self.first_eval})
+                      "eval_loss": self.first_eval,
+                      **({} if self.distill is None else {"teacher_flops": 0.0, "flops_with_teacher": 0.0})})
         self.bar = tqdm(total=s.steps, initial=self.start, desc=self.desc, dynamic_ncols=True, leave=False,
                         disable=not self.progress or not acc.is_local_main_process)
 
@@ -489,15 +498,17 @@ class Trainer:
         lr = self.lr_at(step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        offsets = batch_offsets(len(self.train_tokens), s.seq_len, s.batch_size, self.data_seed,
-                                step)[acc.process_index::self.world]
+        draw = batch_offsets if self.distill is None else self.distill.offsets  # aligned with the teacher cache
+        offsets = draw(len(self.train_tokens), s.seq_len, s.batch_size, self.data_seed,
+                       step)[acc.process_index::self.world]
         total = torch.zeros((), dtype=torch.float64, device=acc.device)
         for k in range(s.grad_accum):
             x, y = windows(self.train_tokens, offsets[k * self.micro:(k + 1) * self.micro], s.seq_len)
             x, y = x.to(acc.device), y.to(acc.device)
             with acc.no_sync(net) if k + 1 < s.grad_accum else nullcontext():
                 with acc.autocast():
-                    loss = _loss(net, x, y)
+                    loss = (_loss(net, x, y) if self.distill is None
+                            else self.distill.loss(net, x, y, offsets[k * self.micro:(k + 1) * self.micro]))
                 acc.backward(loss / s.grad_accum)
             total += loss.detach().double() / s.grad_accum
         if s.grad_clip and s.grad_clip > 0:
@@ -514,6 +525,9 @@ class Trainer:
                                  self.out_dir)
         row = {"step": n, "tokens": n * self.tokens_per_step, "flops": 6.0 * self.n_flops * n * self.tokens_per_step,
                "time": round(self.elapsed, 4), "lr": lr, "train_loss": train_loss}
+        if self.distill is not None:
+            row["teacher_flops"] = self.distill.flops(n * self.tokens_per_step)
+            row["flops_with_teacher"] = row["flops"] + row["teacher_flops"]
         if self.ev_offsets is not None and (n % s.eval_every == 0 or n == s.steps):
             self.last_eval = self.evaluate()
             row["eval_loss"] = self.last_eval
@@ -559,6 +573,7 @@ class Trainer:
             tokens=s.steps * self.tokens_per_step, flops=6.0 * self.n_flops * s.steps * self.tokens_per_step,
             time=self.elapsed, params=self.n_params, flops_params=self.n_flops, final_eval_loss=self.last_eval,
             first_eval_loss=first_eval, resumed_from=self.resumed_from, saved=self.saved,
+            teacher_flops=0.0 if self.distill is None else self.distill.flops(s.steps * self.tokens_per_step),
         )
         if acc.is_main_process:
             write_text(self.done, json.dumps(result.to_dict(), indent=2))

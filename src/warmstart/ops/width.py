@@ -444,6 +444,14 @@ class WidthSpec:
     next_layer_rows: bool = False  # AKI: fresh output units from the next layer's tensor
     notes: list[str] = field(default_factory=list)
     embed_factor: float = 1.0  # stored embedding multiplied by this (the model's own multiplier changed)
+    # Per-block overrides of the intermediate/head/KV maps (importance pruning keeps different
+    # units in each block); the hidden map is shared by every block, since the residual stream is.
+    layer_maps: dict[int, dict[str, UnitMap]] = field(default_factory=dict)
+
+    def maps_for(self, layer: int | None) -> dict[str, UnitMap]:
+        if layer is None or layer not in self.layer_maps:
+            return self.maps
+        return {**self.maps, **self.layer_maps[layer]}
 
 
 def _logical(x, transposed: bool):
@@ -451,11 +459,11 @@ def _logical(x, transposed: bool):
 
 
 def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Sequence[tuple[tuple, int]] | None,
-              axes: tuple | None = None, factor: float = 1.0):
+              axes: tuple | None = None, factor: float = 1.0, maps: dict[str, UnitMap] | None = None):
     """The function computing one output tensor from its source tensor (and, for AKI, the next layer's)."""
     import torch
 
-    maps = spec.maps
+    maps = spec.maps if maps is None else maps
     role_axes_ = axes if axes is not None else ROLE_AXES.get(role)
 
     def compute(*inputs):
@@ -535,6 +543,7 @@ def build_plan(model, spec: WidthSpec):
     last_layer = max(layout.layer_indices(), default=-1)
 
     def add_role(name: str, role: str, layer: int | None, out_name: str | None = None):
+        maps = spec.maps_for(layer)
         info = ckpt.info(name)
         shape = tuple(info.shape)
         transposed = fam.conv1d and len(shape) == 2 and role.startswith(("attn.", "mlp."))
@@ -572,7 +581,7 @@ def build_plan(model, spec: WidthSpec):
             return
         target = out_name or name
         plan.add(Step(target, new_shape, info.dtype, inputs,
-                      tensor_fn(role, target, transposed, spec, parts, axes, factor),
+                      tensor_fn(role, target, transposed, spec, parts, axes, factor, maps),
                       note=f"{spec.method} {role}" + (f" layer {layer}" if layer is not None else "")))
 
     for name in ckpt.names():
