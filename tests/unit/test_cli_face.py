@@ -141,3 +141,19 @@ def test_provenance_is_written_and_inspect_shows_it(tiny_llama, tmp_path, capsys
     before = fingerprint(tiny_llama)
     other = build_tiny("llama", tmp_path / "other", seed=5, hidden_size=48)
     assert fingerprint(other) != before
+
+
+@pytest.mark.parametrize("argv", [a for a in SUBCOMMANDS if a not in (["schedule"], ["tokenizer"])],
+                         ids=[" ".join(a) for a in SUBCOMMANDS if a not in (["schedule"], ["tokenizer"])])
+def test_every_command_takes_json(capsys, argv):
+    assert "--json" in _help(capsys, argv)
+
+
+def test_schedule_show_json_is_the_table(capsys):
+    assert main(["schedule", "show", "peak=1e-3; warmup:linear:4 > decay:cosine:6", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    lrs = [r["lr"] for r in data["rows"]]
+    assert [r["step"] for r in data["rows"]] == list(range(10))
+    # linear warmup over 4 updates: (t + 1) / 4 of the peak; then a cosine to zero over 6
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a >= b for a, b in zip(lrs[3:], lrs[4:]))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from warmstart.arch.summary import summarize
 from warmstart.bench import recipe as R
 from warmstart.bench.demo import demo_recipe, smollm2_summary
 from warmstart.bench.run import run_bench
-from warmstart.commands.common import add_threads, device_flag, examples, set_threads
+from warmstart.commands.common import add_json, add_threads, device_flag, examples, set_threads
 from warmstart.errors import WarmstartError
 
 
@@ -37,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, each in its own process (default: one per CPU core, up to 2, on a "
                         "CPU; 1 on an accelerator)")
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -103,6 +105,9 @@ def run(args) -> int:
                         cpu=device_flag(args.device), source_cache=not args.no_cache,
                         jobs=args.jobs or default_jobs(args.device))
     if results is None:  # a non-main process of a distributed launch
+        return 0
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
         return 0
 
     grown = out / "seed-0" / "grown" / "grown"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from warmstart.assets import ASSETS, cache_dir
-from warmstart.commands.common import examples
+from warmstart.commands.common import add_json, examples
 from warmstart.errors import WarmstartError
 
 
@@ -14,6 +15,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=examples("warmstart fetch", "warmstart fetch smollm2 shakespeare"))
     p.add_argument("assets", nargs="*", metavar="ASSET", help="smollm2, minilm or shakespeare (default: all)")
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -22,7 +24,11 @@ def run(args) -> int:
     unknown = [n for n in names if n not in ASSETS]
     if unknown:
         raise WarmstartError(f"unknown asset {unknown[0]!r}; choose from {', '.join(ASSETS)}")
-    for name in names:
-        print(f"{name}: {ASSETS[name]()}")
+    paths = {name: str(ASSETS[name]()) for name in names}
+    if args.json:
+        print(json.dumps({"assets": paths, "cache": str(cache_dir())}, indent=2))
+        return 0
+    for name, path in paths.items():
+        print(f"{name}: {path}")
     print(f"cache: {cache_dir()}")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from warmstart.commands.common import examples
+from warmstart.commands.common import add_json, examples
 from warmstart.errors import WarmstartError
 from warmstart.schedules.loss_law import plot_prediction, predict, read_log
 from warmstart.schedules.plot import add_figure_arguments, check_output, figure_style
@@ -30,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--label", default=None, metavar="TEXT",
                    help="legend entry of the predicted curve (default: \"predicted\")")
     add_figure_arguments(p, what="the --out figure")
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -43,9 +45,17 @@ def run(args) -> int:
     fit_sched = resolve(args.fit_schedule, total=int(log.steps.max()))
     target = resolve(args.schedule, total=args.steps if args.steps is not None else fit_sched.num_steps)
     pred = predict(log, fit_sched, target, steps=args.steps, lam=args.lam)
-    print(format_report(pred))
     if out is not None:
         plot_prediction(pred, out, style=figure_style(args), label=args.label)
+    if args.json:
+        print(json.dumps({"log": str(pred.log.path), "loss_key": pred.log.loss_key, "law": pred.best.law,
+                          "fits": [{"law": f.law, "rmse": f.rmse, "params": f.params} for f in pred.fits],
+                          "steps": int(pred.steps.max()), "final_loss": pred.final_loss,
+                          "schedule": pred.target.with_peak(pred.target_peak).to_string(),
+                          "figure": str(out) if out is not None else None}, indent=2, default=float))
+        return 0
+    print(format_report(pred))
+    if out is not None:
         print(f"wrote {out}")
     return 0
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
-from warmstart.commands.common import examples
+from warmstart.commands.common import add_json, examples
 from warmstart.errors import WarmstartError
 from warmstart.schedules.plot import add_figure_arguments, check_output, figure_style, plot_schedules
 from warmstart.schedules.spec import resolve
@@ -27,6 +28,7 @@ def register(sub) -> None:
     show.add_argument("--steps", type=int, default=None, help="rows up to this many steps (default: the schedule's length); also the total for a bare preset")
     show.add_argument("--peak", type=float, default=None, help="peak lr (overrides the spec's peak=)")
     show.add_argument("--every", type=int, default=1, help="print every K-th step (the last step is always printed)")
+    add_json(show)
     show.set_defaults(func=run)
 
     plot = actions.add_parser("plot", help="draw several schedules on one figure",
@@ -38,6 +40,7 @@ def register(sub) -> None:
     plot.add_argument("--peak", type=float, default=None, help="peak lr for every schedule (overrides peak=)")
     plot.add_argument("--out", required=True, help="figure to write: .png, .pdf or .svg")
     plot.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_json(plot)
     plot.add_argument("--label", action="append", default=None, metavar="TEXT",
                       help="legend entry of a SPEC, once per SPEC in order (default: the spec itself)")
     add_figure_arguments(plot)
@@ -60,7 +63,15 @@ def run(args) -> int:
             raise WarmstartError(f"--every must be at least 1, got {args.every}")
         sched = resolve(args.spec, total=args.steps)
         n = args.steps if args.steps is not None else sched.num_steps
-        print(format_table(sched, n, peak=args.peak, every=args.every))
+        table = format_table(sched, n, peak=args.peak, every=args.every)  # checks the size first
+        if args.json:
+            peak = args.peak if args.peak is not None else sched.peak
+            steps = sorted({*range(0, n, args.every), n - 1})
+            rows = [{"step": t, "multiplier": sched.multiplier(t),
+                     **({"lr": peak * sched.multiplier(t)} if peak is not None else {})} for t in steps]
+            print(json.dumps({"spec": sched.with_peak(peak).to_string(), "steps": n, "rows": rows}, indent=2))
+            return 0
+        print(table)
         return 0
 
     out = check_output(args.out, args.force)
@@ -69,7 +80,7 @@ def run(args) -> int:
     scheds = [resolve(spec, total=args.steps) for spec in args.specs]
     n = args.steps if args.steps is not None else max(s.num_steps for s in scheds)
     plot_schedules(scheds, args.label or args.specs, n, out, peak=args.peak, style=figure_style(args))
-    print(f"wrote {out}")
+    print(json.dumps({"out": str(out), "specs": args.specs, "steps": n}) if args.json else f"wrote {out}")
     return 0
 
 
