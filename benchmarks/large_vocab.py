@@ -25,22 +25,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from warmstart.vocab.match import byte_to_char
+
 VOCAB, HIDDEN = 262_144, 640
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _alphabet() -> list[str]:
-    """GPT-2's byte -> printable character table, in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
+    """The byte-level alphabet, in byte order."""
+    table = byte_to_char()
+    return [table[b] for b in range(256)]
 
 
 def synthetic_bpe(path: Path, first_pair: int) -> Path:

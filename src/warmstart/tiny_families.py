@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from warmstart.vocab.match import byte_to_char
+
 # family name -> (config class, model class, config overrides beyond the common tiny sizes)
 _COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
@@ -109,19 +111,6 @@ GGUF_ARCH_OF = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "
                 "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt2": "gpt2"}
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (as in its paper's code), for a byte-level vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter: per head, rows (2, d/2) stored as (d/2, 2)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -159,7 +148,7 @@ def write_gguf(src, path, arch: str, quant: str) -> None:
     w.add_vocab_size(cfg["vocab_size"])
     if cfg.get("sliding_window"):
         w.add_sliding_window(cfg["sliding_window"])
-    table = _bytes_to_unicode()
+    table = byte_to_char()
     w.add_tokenizer_model("gpt2")
     w.add_token_list([table[b] for b in range(cfg["vocab_size"])])
     w.add_token_types([1] * cfg["vocab_size"])
