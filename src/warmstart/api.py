@@ -69,14 +69,15 @@ class InspectResult:
 
         out = format_summary(self.summary).splitlines()
         rec = self.summary.get("provenance")
+        w = max(out[0].find(str(self.summary.get("path"))), 12)  # the column where the values start
         if rec:
             how = " ".join(rec["command"]) if rec.get("command") else (
                 " -> ".join(s["op"] for s in rec.get("chain", [])) or "warmstart")
-            out.append(f"{'made by':<12}  warmstart {rec.get('warmstart', '?')}: {how}")
+            out.append(f"{'made by':<{w}}warmstart {rec.get('warmstart', '?')}: {how}")
             for src in rec.get("sources", []):
-                out.append(f"{'from':<12}  {src['path']} ({src['fingerprint'][:19]}...)")
+                out.append(f"{'from':<{w}}{src['path']} ({src['fingerprint'][:19]}...)")
             if rec.get("exact") is not None:
-                out.append(f"{'exact':<12}  {'yes' if rec['exact'] else 'no (a warm start)'}")
+                out.append(f"{'exact':<{w}}{'yes' if rec['exact'] else 'no (a warm start)'}")
         return out
 
     def as_dict(self) -> dict:

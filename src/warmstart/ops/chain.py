@@ -62,7 +62,10 @@ class ChainResult:
             arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
             out[-1:-1] = [f"plan: {arch} ({cfg.get('model_type')}), {len(self.report.tensors)} tensors, "
                           f"{self.report.parameters:,} parameters"]
-            out[-1:-1] = ["  " + line for line in block_summary(self.report.tensors)]
+            blocks = block_summary(self.report.tensors)
+            if len(blocks) > 14:  # every tensor's origin is in --json; the text shows the pattern
+                blocks = blocks[:9] + [f"... {len(blocks) - 12} more blocks (all of them with --json)"] + blocks[-3:]
+            out[-1:-1] = ["  " + line for line in blocks]
         return out
 
     def as_dict(self) -> dict:
