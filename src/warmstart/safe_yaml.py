@@ -41,13 +41,7 @@ def _expanded_size(root, path, error) -> int:
         node, done = stack.pop()
         key = id(node)
         if done:
-            if isinstance(node, yaml.SequenceNode):
-                children = node.value
-            elif isinstance(node, yaml.MappingNode):
-                children = [n for pair in node.value for n in pair]
-            else:
-                children = []
-            total = 1 + sum(sizes[id(c)] for c in children)
+            total = 1 + sum(sizes[id(c)] for c in _children(node))
             sizes[key] = total
             in_progress.discard(key)
             if total > MAX_YAML_NODES:
@@ -63,17 +57,22 @@ def _expanded_size(root, path, error) -> int:
             raise error("YAML document has a recursive alias (a node that contains itself)", path)
         in_progress.add(key)
         stack.append((node, True))
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        else:
-            children = []
-        for child in reversed(children):
+        for child in reversed(_children(node)):
             if id(child) in in_progress:
                 raise error("YAML document has a recursive alias (a node that contains itself)", path)
             stack.append((child, False))
     return sizes.get(id(root), 0)
+
+
+def _children(node) -> list:
+    """A YAML node's child nodes (a mapping's keys and values alike)."""
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def parse_yaml(text: str, path: str | os.PathLike | None = None, error: type[WarmstartError] = WarmstartError):
