@@ -22,6 +22,14 @@ def add_output_args(p, dtype: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (transformers' included)")
 
 
+def add_width_args(p, heads_note: str = "") -> None:
+    """--hidden, --intermediate, --heads, --kv-heads: the target widths, as grow, shrink and prune take them."""
+    p.add_argument("--hidden", type=int, help="target hidden size")
+    p.add_argument("--intermediate", type=int, help="target MLP intermediate size")
+    p.add_argument("--heads", type=int, help="target attention heads" + (f" ({heads_note})" if heads_note else ""))
+    p.add_argument("--kv-heads", type=int, help="target key/value heads")
+
+
 def add_json(p) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

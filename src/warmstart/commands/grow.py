@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_output_args, emit, examples, output_options
+from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
 from warmstart.ops import registry
 from warmstart.ops.fresh import FRESH
 
@@ -42,10 +42,7 @@ def register(sub) -> None:
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
     w.add_argument("--width-method", metavar="METHOD", help=f"one of: {', '.join(width_methods())}")
-    w.add_argument("--hidden", type=int, help="target hidden size")
-    w.add_argument("--intermediate", type=int, help="target MLP intermediate size")
-    w.add_argument("--heads", type=int, help="target attention heads")
-    w.add_argument("--kv-heads", type=int, help="target key/value heads")
+    add_width_args(w)
     w.add_argument("--width-mult", type=float, metavar="K", help="multiply every width by K (hyperclone: integer)")
     w.add_argument("--noise-snr-db", type=float, help="symmetry-breaking noise, signal-to-noise ratio in dB")
     p.add_argument("--seed", type=int, default=0, help="random seed of the width operators (default 0)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_output_args, emit, examples, output_options
+from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
 
 IMPORTANCE = ("activation", "magnitude", "select")
 DEPTH = ("block-influence", "loss", "even", "first")
@@ -34,10 +34,7 @@ def register(sub) -> None:
     p.add_argument("--depth-importance", choices=DEPTH,
                    help="which blocks to keep: block-influence (ShortGPT; default with --corpus), loss (loss "
                         "increase when the block is skipped), even (default without --corpus) or first")
-    p.add_argument("--hidden", type=int, help="target hidden size")
-    p.add_argument("--intermediate", type=int, help="target MLP intermediate size")
-    p.add_argument("--heads", type=int, help="target attention heads (whole KV groups are kept)")
-    p.add_argument("--kv-heads", type=int, help="target key/value heads")
+    add_width_args(p, "whole KV groups are kept")
     add_output_args(p)
     p.set_defaults(func=run)
 

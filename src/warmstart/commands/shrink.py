@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_output_args, emit, examples, output_options
+from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
 
 
 def register(sub) -> None:
@@ -22,10 +22,7 @@ def register(sub) -> None:
     p.add_argument("--depth-method", "--layer-method", dest="depth_method", choices=("drop", "select"), default="drop",
                    help="drop: keep N evenly spaced layers, first and last included (default); "
                         "select: keep the first N layers (Weight Selection's layer selection)")
-    p.add_argument("--hidden", type=int, help="target hidden size")
-    p.add_argument("--intermediate", type=int, help="target MLP intermediate size")
-    p.add_argument("--heads", type=int, help="target attention heads (whole heads are kept)")
-    p.add_argument("--kv-heads", type=int, help="target key/value heads")
+    add_width_args(p, "whole heads are kept")
     p.add_argument("--seed", type=int, default=0, help="random seed, where the width method uses one")
     p.add_argument("--optimizer-state", metavar="FILE",
                    help="AdamW state of the source to carry over (layer dropping only; see docs/grow.md)")
