@@ -6,9 +6,7 @@ import argparse
 
 from warmstart import api
 from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
-
-IMPORTANCE = ("activation", "magnitude", "select")
-DEPTH = ("block-influence", "loss", "even", "first")
+from warmstart.ops.prune import DEPTH_METHODS, IMPORTANCE_METHODS
 
 
 def register(sub) -> None:
@@ -27,11 +25,11 @@ def register(sub) -> None:
     p.add_argument("--batches", type=int, default=16, help="calibration batches (default 16)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per calibration batch (default 4)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
-    p.add_argument("--importance", choices=IMPORTANCE, default="activation",
+    p.add_argument("--importance", choices=IMPORTANCE_METHODS, default="activation",
                    help="width: activation (Minitron, needs --corpus; default), magnitude (weight norms) or "
                         "select (Weight Selection, evenly spaced)")
     p.add_argument("--layers", type=int, help="number of blocks to keep")
-    p.add_argument("--depth-importance", choices=DEPTH,
+    p.add_argument("--depth-importance", choices=DEPTH_METHODS,
                    help="which blocks to keep: block-influence (ShortGPT; default with --corpus), loss (loss "
                         "increase when the block is skipped), even (default without --corpus) or first")
     add_width_args(p, "whole KV groups are kept")

@@ -6,6 +6,7 @@ import argparse
 
 from warmstart import api
 from warmstart.commands.common import add_output_args, emit, examples, output_options
+from warmstart.ops.upcycle import ROUTERS
 
 
 def register(sub) -> None:
@@ -31,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--drop-ratio", type=float, default=0.0, metavar="R",
                    help="Drop-Upcycling: re-initialize this fraction of each expert's units, different units per "
                         "expert (default 0; above 0 the output is a warm start, not exact)")
-    p.add_argument("--router", choices=("zero", "random", "kmeans"), default="random",
+    p.add_argument("--router", choices=ROUTERS, default="random",
                    help="router initialization: zero (uniform), random (small normal rows, default), kmeans "
                         "(spherical k-means of the MLP inputs on --corpus)")
     p.add_argument("--router-std", type=float, metavar="STD",
