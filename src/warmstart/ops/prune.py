@@ -24,13 +24,70 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from warmstart.errors import ParamError, WarmstartError
+from warmstart.ops import importance as I
+from warmstart.ops.depth import drop_map
 from warmstart.ops.registry import Transform, register
+from warmstart.registry import Registry
 
-IMPORTANCE_METHODS = ("activation", "magnitude", "select")
-DEPTH_METHODS = ("block-influence", "loss", "even", "first")
+@dataclass(frozen=True)
+class Criterion:
+    """How units or blocks are ranked: whether it needs the calibration pass, and the choice it makes."""
+
+    name: str
+    needs_data: bool
+    choose: Callable[..., Any]  # width: (model, importance, targets) -> keep | None; depth: (model, importance, n)
+    summary: str
+
+
+WIDTH_IMPORTANCE: Registry[Criterion] = Registry("width importance")
+DEPTH_IMPORTANCE: Registry[Criterion] = Registry("depth importance")
+
+
+def _criterion(registry: Registry, name: str, needs_data: bool, summary: str):
+    return registry.decorator(name, lambda fn: Criterion(name, needs_data, fn, summary))
+
+
+@_criterion(WIDTH_IMPORTANCE, "activation", True, "Minitron: heads by output norm, neurons by activation, "
+            "channels by the norm layers' outputs")
+def _activation(model, imp, targets):
+    return choose_keep(model, imp, targets)
+
+
+@_criterion(WIDTH_IMPORTANCE, "magnitude", False, "weight norms (data-free baseline)")
+def _magnitude(model, imp, targets):
+    return choose_keep(model, I.magnitude_importance(model), targets)
+
+
+@_criterion(WIDTH_IMPORTANCE, "select", False, "Weight Selection: evenly spaced units (data-free baseline)")
+def _select(model, imp, targets):
+    return None  # the select operation's own evenly spaced choice
+
+
+@_criterion(DEPTH_IMPORTANCE, "block-influence", True, "ShortGPT: 1 - cos(block input, block output)")
+def _block_influence(model, imp, n):
+    return I.choose_layers(imp.block_influence, n)
+
+
+@_criterion(DEPTH_IMPORTANCE, "loss", True, "the loss increase when the block is removed")
+def _block_loss(model, imp, n):
+    return I.choose_layers(imp.block_loss, n)
+
+
+@_criterion(DEPTH_IMPORTANCE, "even", False, "evenly spaced blocks, first and last kept (data-free)")
+def _even(model, imp, n):
+    return drop_map(model.dims.layers, n, "even")
+
+
+@_criterion(DEPTH_IMPORTANCE, "first", False, "the first blocks (data-free)")
+def _first(model, imp, n):
+    return drop_map(model.dims.layers, n, "first")
+
+
+IMPORTANCE_METHODS = tuple(WIDTH_IMPORTANCE.names())
+DEPTH_METHODS = tuple(DEPTH_IMPORTANCE.names())
 
 
 @register("prune", "shrink", "keep given units (per block where given) and blocks: importance pruning's slicing")
@@ -156,26 +213,22 @@ def prune_model(src, out, *, corpus=None, importance: str = "activation", layers
     """
     from warmstart.arch import open_model
     from warmstart.checkpoint.writer import check_output
-    from warmstart.ops import importance as I
     from warmstart.ops.chain import apply_chain
-    from warmstart.ops.depth import drop_map
 
-    if importance not in IMPORTANCE_METHODS:
-        raise WarmstartError(f"prune: unknown importance {importance!r} (one of {', '.join(IMPORTANCE_METHODS)})")
+    width = WIDTH_IMPORTANCE.get(importance)
     check_output(out, force)
     model = open_model(src)
     n_layers = _check_layers(model, layers)
     targets = plan_targets(model, hidden=hidden, intermediate=intermediate, heads=heads, kv_heads=kv_heads)
     depth = None
     if n_layers is not None and n_layers < model.dims.layers:
-        depth = depth_importance or ("block-influence" if corpus else "even")
-        if depth not in DEPTH_METHODS:
-            raise WarmstartError(f"prune: unknown depth importance {depth!r} (one of {', '.join(DEPTH_METHODS)})")
-    elif depth_importance is not None and depth_importance not in DEPTH_METHODS:
-        raise WarmstartError(f"prune: unknown depth importance {depth_importance!r}")
+        depth = DEPTH_IMPORTANCE.get(depth_importance or ("block-influence" if corpus else "even")).name
+    elif depth_importance is not None:
+        DEPTH_IMPORTANCE.get(depth_importance)
     if targets is None and depth is None:
         raise WarmstartError("prune: nothing to do: give --layers below the source's and/or smaller widths", src)
-    needs_data = (targets is not None and importance == "activation") or depth in ("block-influence", "loss")
+    needs_data = (targets is not None and width.needs_data) or (depth is not None and
+                                                               DEPTH_IMPORTANCE.get(depth).needs_data)
     imp = None
     lines: list[str] = []
     if needs_data and measured is not None:
@@ -190,22 +243,10 @@ def prune_model(src, out, *, corpus=None, importance: str = "activation", layers
         imp = I.activation_importance(src, tokens, block_loss=depth == "loss")
         lines.append(f"calibration: {imp.tokens} tokens ({batches} batches of {batch_size} x {seq_len}), "
                      f"loss {imp.loss:.4f}")
-    keep = None
-    if targets is not None:
-        if importance == "magnitude":
-            mag = I.magnitude_importance(model)
-            keep = choose_keep(model, mag, targets)
-        elif importance == "activation":
-            keep = choose_keep(model, imp, targets)
+    keep = width.choose(model, imp, targets) if targets is not None else None
     kept_layers = None
     if depth is not None:
-        L = model.dims.layers
-        if depth == "block-influence":
-            kept_layers = I.choose_layers(imp.block_influence, n_layers)
-        elif depth == "loss":
-            kept_layers = I.choose_layers(imp.block_loss, n_layers)
-        else:
-            kept_layers = drop_map(L, n_layers, depth)
+        kept_layers = DEPTH_IMPORTANCE.get(depth).choose(model, imp, n_layers)
         lines.append(f"depth ({depth}): kept blocks {kept_layers}")
     steps: list[tuple[str, dict]] = []
     if targets is not None and keep is None:  # Weight Selection: evenly spaced units
