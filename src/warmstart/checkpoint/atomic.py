@@ -118,20 +118,22 @@ def replaceable(out: Path, kind: str) -> None:
     if not out.is_dir():
         raise WarmstartError("output exists and is not a directory; --force replaces only directories warmstart wrote",
                              out)
-    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
-    if not present and not any(out.iterdir()):
-        return
-    record = out / RECORD
-    written: set[str] = set()
+    written: set[str] | None = None
     try:
-        written = set(json.loads(record.read_text()).get("files", []))
+        rec = json.loads((out / RECORD).read_text())
+        written = set(rec.get("files", [])) | {RECORD}
     except (OSError, ValueError, AttributeError, TypeError):
-        written = set()
-    foreign = [p for p in present if p != RECORD and p not in written]
-    if not record.is_file() or foreign:
-        first = foreign[0] if foreign else (present[0] if present else next(iter(out.iterdir())).name)
-        raise WarmstartError(f"output exists and holds files warmstart did not write ({first}); --force only "
-                             "replaces earlier warmstart outputs, so remove it yourself or choose another output", out)
+        written = None
+    # Walk lazily and stop at the first file warmstart did not write (`--force` on a home directory must not
+    # list the whole home first).
+    for root, dirs, files in os.walk(out):
+        dirs.sort()
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), out)
+            if written is None or rel not in written:
+                raise WarmstartError(f"output exists and holds files warmstart did not write ({rel}); --force only "
+                                     "replaces earlier warmstart outputs, so remove it yourself or choose another "
+                                     "output", out)
 
 
 # ---------------------------------------------------------------------------
