@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("warmstart: interrupted", file=sys.stderr)
         return 130
+    finally:
+        atomic.COMMAND = None  # a later call of the Python API in this process records no command line
     return int(result or 0)
 
 
