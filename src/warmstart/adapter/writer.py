@@ -29,10 +29,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from warmstart.adapter import config as cfg
 from warmstart.adapter import methods as registry
+from warmstart.checkpoint.atomic import atomic_directory, check_output
 from warmstart.errors import WarmstartError
 
 META = "warmstart_adapter.json"
@@ -61,24 +61,6 @@ class AdapterReport:
     def as_dict(self) -> dict:
         return {"out": str(self.out), "method": self.method, "targets": self.targets, "trainable": self.trainable,
                 "moved_base": self.moved_base, "timings": self.timings, "notes": self.notes}
-
-
-def _atomic(out: Path, force: bool, inputs: Sequence[Path]):
-    from warmstart.checkpoint.writer import atomic_directory
-
-    try:
-        return atomic_directory(out, force, inputs=inputs)
-    except TypeError:  # an atomic_directory without the inputs check
-        return atomic_directory(out, force)
-
-
-def _check_output(out: Path, force: bool, inputs: Sequence[Path]) -> None:
-    from warmstart.checkpoint.writer import check_output
-
-    try:
-        check_output(out, force, inputs=inputs)
-    except TypeError:
-        check_output(out, force)
 
 
 def validate(model_dir: Path, spec: cfg.AdapterSpec):
@@ -136,7 +118,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
 
     model_dir, out = Path(model_dir), Path(out)
     ckpt, method, keys, targets = validate(model_dir, spec)
-    _check_output(out, force, [model_dir])
+    check_output(out, force, [model_dir])
     if method.needs_corpus:
         load_tokenizer(model_dir)  # refuse a model without a tokenizer before loading the weights
     t_start = time.perf_counter()
@@ -176,7 +158,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
         "timings_s": {k: round(v, 4) for k, v in ctx.timings.items()},
         "reconstruction_max_rel_error": error,
     }
-    with _atomic(out, force, [model_dir]) as tmp:
+    with atomic_directory(out, force, [model_dir]) as tmp:
         save_adapter(peft_model, tmp / "adapter")
         if method.moves_base:
             # AutoPeftModel loads the base named here: it must be the residual, never the source
@@ -303,11 +285,11 @@ def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) 
             raise WarmstartError(f"not the model the adapter was made from: it has no tensor {name!r}", model_dir)
     if trained_cfg.get("peft_type") not in (None, "LORA"):
         raise WarmstartError(f"not a LoRA adapter (peft_type {trained_cfg.get('peft_type')})", trained)
-    _check_output(out, force, [model_dir, init_dir, trained])
+    check_output(out, force, [model_dir, init_dir, trained])
     transformers.utils.logging.disable_progress_bar()
     if not meta.get("moves_base"):
         # Nothing was moved: the trained adapter already applies to the untouched base.
-        with _atomic(out, force, [model_dir, init_dir, trained]) as tmp:
+        with atomic_directory(out, force, [model_dir, init_dir, trained]) as tmp:
             for f in trained.iterdir():
                 if f.is_file():
                     shutil.copyfile(f, tmp / f.name)
@@ -319,7 +301,7 @@ def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) 
     with tempfile.TemporaryDirectory(prefix="warmstart-export-") as scratch:
         copy = Path(scratch) / "initial"
         shutil.copytree(initial, copy)
-        with _atomic(out, force, [model_dir, init_dir, trained]) as tmp:
+        with atomic_directory(out, force, [model_dir, init_dir, trained]) as tmp:
             model.save_pretrained(str(tmp), path_initial_model_for_weight_conversion=str(copy))
             _set_base_path(tmp, str(model_dir.resolve()))  # plain LoRA: against the untouched source
     r = meta["rank"]
