@@ -121,3 +121,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def make_bpe(path: Path, text: str, vocab_size: int, specials: dict[str, str]) -> Path:
+    """A byte-level BPE tokenizer trained on `text`, saved as a transformers directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(dict.fromkeys(specials.values())),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **{f"{r}_token": t for r, t in specials.items()})
+    fast.save_pretrained(str(path))
+    return path

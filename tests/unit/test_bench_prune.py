@@ -15,20 +15,13 @@ TEXT = " ".join(f"the {w} of line {i} is {w[::-1]} and {i * 7 % 13}." for i in r
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from tests.conftest import build_tiny
+    from tests.conftest import build_tiny, make_bpe
 
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
     teacher = build_tiny("llama", tmp_path / "teacher", vocab_size=300, hidden_size=48, num_attention_heads=6,
                          num_key_value_heads=3, head_dim=8, num_hidden_layers=4, intermediate_size=64)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(str(teacher))
+    make_bpe(teacher, TEXT, 300, {"eos": "<|endoftext|>"})
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for d in range(2):

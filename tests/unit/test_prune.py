@@ -20,30 +20,18 @@ SEQ, BATCH, BATCHES = 24, 2, 3
 SHAPE = dict(hidden=24, heads=4, kv_heads=2, intermediate=32)
 
 
-def _tokenizer(path: Path, text: str) -> None:
-    import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(str(path))
-
-
 TEXT = " ".join(f"the {w} of line {i} is {w[::-1]} and {i * 7 % 13}." for i in range(400)
                 for w in ("king", "queen", "ghost", "sword"))[:60000]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tests.conftest import build_tiny
+    from tests.conftest import build_tiny, make_bpe
 
     root = tmp_path_factory.mktemp("prune")
     model = build_tiny("llama", root / "src", vocab_size=320, hidden_size=48, num_attention_heads=6,
                        num_key_value_heads=3, head_dim=8, num_hidden_layers=4, intermediate_size=64)
-    _tokenizer(model, TEXT[:20000])
+    make_bpe(model, TEXT[:20000], 300, {"eos": "<eos>"})
     corpus = root / "corpus.txt"
     corpus.write_text(TEXT[20000:])
     return model, corpus

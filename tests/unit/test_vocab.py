@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, make_bpe
 
 from warmstart.cli import main
 from warmstart.vocab.match import Scheme, byte_to_char, canonical, load_tokenizer, match_vocabs, retokenize, vocab_of
@@ -34,22 +34,6 @@ def text_from(words, n: int, seed: int) -> str:
     for _ in range(n):
         lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))))
     return "\n".join(lines) + "\n"
-
-
-def make_bpe(path: Path, text: str, vocab_size: int, specials: dict[str, str]) -> Path:
-    """A byte-level BPE tokenizer trained on `text`, saved as a transformers directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(dict.fromkeys(specials.values())),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **{f"{r}_token": t for r, t in specials.items()})
-    fast.save_pretrained(str(path))
-    return path
 
 
 OLD_SPECIALS = {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}
