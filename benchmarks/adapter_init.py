@@ -1,4 +1,4 @@
-"""Which LoRA initialization fine-tunes fastest? SmolLM2-135M adapted to Python source code.
+"""Which LoRA initialization fine-tunes fastest? SmolLM2-135M adapted to Shakespeare or to Python source code.
 
 Every registered initialization (PEFT's and the ones warmstart adds) starts
 from the same base (SmolLM2-135M-Instruct, fetched by warmstart.assets), at
@@ -60,6 +60,22 @@ def windows(tokenizer, files, seq_len: int, limit: int):
     ids = token_stream(tokenizer, files, limit * seq_len)
     rows = min(limit, len(ids) // seq_len)
     return torch.tensor(ids[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
+
+
+def shakespeare_windows(model_dir: Path, seq_len: int, train_count: int, eval_count: int):
+    """Training windows (consecutive, from the start of the training split) and held-out windows (evenly spaced
+    over the held-out split), tokenized with the model's own tokenizer by the bench's corpus pipeline."""
+    import numpy as np
+    import torch
+
+    from warmstart.bench import data as D
+
+    tokens = D.prepare({"main": D.corpus_files("shakespeare")}, tokenizer=model_dir)["main"]
+    n = min(train_count, len(tokens.train) // seq_len)
+    train_x = torch.from_numpy(np.asarray(tokens.train[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
+    starts = np.linspace(0, len(tokens.val) - seq_len - 1, eval_count).round().astype(np.int64)
+    eval_x = torch.stack([torch.from_numpy(np.asarray(tokens.val[o:o + seq_len], dtype=np.int64)) for o in starts])
+    return train_x, eval_x, f"Shakespeare, {len(tokens.train):,} training / {len(tokens.val):,} held-out tokens"
 
 
 def batch(x):
@@ -188,6 +204,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct from warmstart.assets)")
     p.add_argument("--methods", nargs="+", default=ALL)
+    p.add_argument("--corpus", choices=("shakespeare", "stdlib"), default="shakespeare",
+                   help="shakespeare: the plays, held out by the last 5%% of every document (the bench's split); "
+                        "stdlib: Python source files, held out by a hash of the path")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=None, help="default: the rank (scaling 1)")
     p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
@@ -220,22 +239,26 @@ def main(argv=None) -> int:
     if "default" not in args.methods:
         args.methods = ["default"] + args.methods
     t_all = time.perf_counter()
-    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    train_files, held_files = stdlib_split()
-    need = args.steps * args.batch_size
-    train_x = windows(tok, train_files, args.seq_len, max(need, args.calib_batches * args.batch_size))
-    eval_x = windows(tok, held_files, args.seq_len, args.eval_seqs)
+    need = max(args.steps * args.batch_size, args.calib_batches * args.batch_size)
+    if args.corpus == "stdlib":
+        tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+        train_files, held_files = stdlib_split()
+        train_x = windows(tok, train_files, args.seq_len, need)
+        eval_x = windows(tok, held_files, args.seq_len, args.eval_seqs)
+        origin = f"{len(train_files)} train / {len(held_files)} held-out stdlib files"
+    else:
+        train_x, eval_x, origin = shakespeare_windows(model_dir, args.seq_len, need, args.eval_seqs)
     calib = [batch(train_x[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.calib_batches)]
     base = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     base.eval()
-    print(f"# {model_dir.name}: {len(train_files)} train / {len(held_files)} held-out stdlib files; "
+    print(f"# {model_dir.name}: {origin}; "
           f"{len(train_x)} train windows, {len(eval_x)} held-out windows of {args.seq_len} tokens; "
           f"rank {args.rank}, targets {' '.join(args.targets)}, {args.steps} steps of {args.batch_size}", flush=True)
     seeds = list(range(args.seeds))
     runs = []
     if args.resume:
         prior = json.loads(args.resume.read_text())
-        same = ("rank", "alpha", "targets", "steps", "batch_size", "seq_len", "eval_every", "eval_seqs", "calib_batches")
+        same = ("corpus", "rank", "alpha", "targets", "steps", "batch_size", "seq_len", "eval_every", "eval_seqs", "calib_batches")
         diff = [k for k in same if prior["args"].get(k) != getattr(args, k)]
         if diff:
             raise SystemExit(f"--resume: {args.resume} was run with other settings ({', '.join(diff)})")

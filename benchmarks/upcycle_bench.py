@@ -3,8 +3,12 @@
 Miniature scale on CPU, with the bench's own data, training loop and
 accounting (:mod:`warmstart.bench`):
 
-1. A dense Llama **source** is pretrained once (seed 0); its FLOPs are
-   counted (reported with and without them).
+1. The dense **source** is either a Llama pretrained once here (seed 0), whose
+   FLOPs are counted (reported with and without them), or, with
+   ``--source-checkpoint``, a real checkpoint the user already has (for example
+   SmolLM2-135M: ``--source-checkpoint smollm2``), whose pretraining is sunk and
+   left out. A real checkpoint brings its own tokenizer; the corpus is tokenized
+   with it.
 2. Arms, each for the same tokens, seeds 0..N-1 (batch order and
    initialization follow the seed):
 
@@ -26,6 +30,8 @@ It prints a markdown table (medians over seeds) and writes ``curves.png``
 under ``--out``.
 
     python benchmarks/upcycle_bench.py --out runs/upcycle-bench [--seeds 3] [--source-steps 600] [--steps 400]
+    python benchmarks/upcycle_bench.py --out runs/upcycle-smollm2 --source-checkpoint smollm2 \
+        --steps 40 --batch-size 4 --lr 1e-4 --scratch-lr 1e-3
 """
 
 from __future__ import annotations
@@ -81,7 +87,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the arms that start from the source")
+    ap.add_argument("--scratch-lr", type=float, default=None,
+                    help="peak learning rate of moe-scratch (default: --lr); a random start wants a larger one")
+    ap.add_argument("--source-checkpoint", default=None,
+                    help="a real HF checkpoint as the dense source (its cost is sunk), or 'smollm2' for the bundled asset")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-batches", type=int, default=4)
@@ -94,27 +104,33 @@ def main() -> None:
     import torch
     import transformers
 
+    from warmstart.api import upcycle as upcycle_model
     from warmstart.bench import data as D
-    from warmstart.bench.metrics import INF, cost_to_target, evals
+    from warmstart.bench.metrics import INF, cost_to_target
     from warmstart.bench.moe import balance, expert_load
     from warmstart.bench.train import build_model, eval_offsets, read_log, train
-    from warmstart.api import upcycle as upcycle_model
 
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    tokens = D.prepare({"main": D.corpus_files("shakespeare")}, vocab_size=args.vocab,
-                       max_bytes=args.max_corpus_bytes)["main"]
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                   schedule=None, eval_every=args.eval_every, eval_batches=args.eval_batches,
                   cpu=True, progress=False)
-    cfg = source_config(tokens.vocab_size, args.seq_len, args.hidden, args.layers)
-    src = train(cfg, tokens.train, tokens.val, out_dir=out / "source", steps=args.source_steps, seed=0,
-                resume=True, extra_files=tokens.tokenizer_files(), **common)
-    print(f"source: hidden {args.hidden}, {args.layers} layers, {src.params} params, {args.source_steps} steps, "
-          f"eval loss {src.final_eval_loss:.4f}, {src.flops:.3e} FLOPs", flush=True)
+    if args.source_checkpoint:
+        src = real_source(args, common)
+        tokens = src.tokens
+    else:
+        tokens = D.prepare({"main": D.corpus_files("shakespeare")}, vocab_size=args.vocab,
+                           max_bytes=args.max_corpus_bytes)["main"]
+        cfg = source_config(tokens.vocab_size, args.seq_len, args.hidden, args.layers)
+        src = train(cfg, tokens.train, tokens.val, out_dir=out / "source", steps=args.source_steps, seed=0,
+                    resume=True, extra_files=tokens.tokenizer_files(), **common)
+    print(f"source: {src.params} params, "
+          + (f"real checkpoint {args.source_checkpoint} (pretraining sunk)" if args.source_checkpoint
+             else f"hidden {args.hidden}, {args.layers} layers, {args.source_steps} steps")
+          + f", eval loss {src.final_eval_loss:.4f}, {src.flops:.3e} FLOPs counted", flush=True)
 
     arms = [a for a in ARMS if a in args.arms]
     results: dict[str, list[dict]] = {a: [] for a in arms}
@@ -138,8 +154,9 @@ def main() -> None:
                 scratch_cfg["output_router_logits"] = True
                 torch.manual_seed(seed)
                 model = build_model({k: v for k, v in scratch_cfg.items() if k != "architectures"}, seed)
+            lr = args.scratch_lr if arm == "moe-scratch" and args.scratch_lr else args.lr
             r = train(model, tokens.train, tokens.val, out_dir=run, steps=args.steps, seed=seed, resume=True,
-                      save_final=arm != "dense", **common)
+                      save_final=arm != "dense", **{**common, "lr": lr})
             rows = read_log(r.log_path)
             load = None
             if arm != "dense":
@@ -182,7 +199,7 @@ def main() -> None:
         for ref in [r for r in ("dense", "moe-scratch") if r in results]:
             per_seed = reach(results[arm], results[ref])
             ratios[f"{arm} to {ref} final"] = {"median": median(per_seed), "seeds": per_seed}
-        if "moe-scratch" not in results:
+        if "moe-scratch" not in results or args.source_checkpoint:
             continue
         # with the source's pretraining counted for the upcycled arm (scratch has no source)
         with_src = []
@@ -192,9 +209,11 @@ def main() -> None:
         ratios[f"{arm} to moe-scratch final, source counted"] = {"median": median(with_src), "seeds": with_src}
     summary["ratios"] = ratios
     print()
-    print(f"source: {src.params:,} params, {args.source_steps} steps x {args.batch_size} x {args.seq_len} tokens, "
-          f"{src.flops:.3e} FLOPs, eval loss {src.final_eval_loss:.4f}; arms: {args.steps} steps each, "
-          f"median of {args.seeds} seeds")
+    origin = ("real checkpoint, pretraining sunk" if args.source_checkpoint
+              else f"{args.source_steps} steps x {args.batch_size} x {args.seq_len} tokens")
+    print(f"source: {src.params:,} params, {origin}, {src.flops:.3e} FLOPs counted, eval loss "
+          f"{src.final_eval_loss:.4f}; arms: {args.steps} steps of {args.batch_size} x {args.seq_len} tokens each, "
+          f"lr {args.lr:g} (moe-scratch {args.scratch_lr or args.lr:g}), median of {args.seeds} seeds")
     print()
     print("\n".join(lines))
     print()
@@ -207,6 +226,34 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, src, out / "curves.png")
     print(f"\n{out / 'curves.png'}; wall {time.time() - t_start:.0f} s")
+
+
+class RealSource:
+    """A checkpoint the user already has, standing where the pretrained source would: zero FLOPs counted."""
+
+    def __init__(self, final_dir: Path, tokens, params: int, final_eval_loss: float):
+        self.final_dir, self.tokens, self.params, self.final_eval_loss = final_dir, tokens, params, final_eval_loss
+        self.flops = 0.0
+
+
+def real_source(args, common) -> RealSource:
+    """Tokenize the corpus with the checkpoint's own tokenizer and measure its held-out loss once."""
+    from accelerate import Accelerator
+
+    from warmstart import assets
+    from warmstart.bench import data as D
+    from warmstart.bench.train import build_model, count_params, eval_offsets, evaluate
+    from warmstart.errors import WarmstartError
+
+    path = assets.smollm2() if args.source_checkpoint == "smollm2" else Path(args.source_checkpoint)
+    if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
+        raise WarmstartError("not an HF model directory with a tokenizer.json", path)
+    tokens = D.prepare({"main": D.corpus_files("shakespeare")}, tokenizer=path,
+                       max_bytes=args.max_corpus_bytes)["main"]
+    net = build_model(path, 0)
+    offs = eval_offsets(len(tokens.val), args.seq_len, args.eval_batches * args.batch_size)
+    loss = evaluate(net, tokens.val, offs, args.seq_len, args.batch_size, Accelerator(cpu=True))
+    return RealSource(path, tokens, count_params(net), loss)
 
 
 def plot(results, src, path: Path) -> None:

@@ -165,6 +165,34 @@ def check_count(value: int, what: str, limit: int, path=None) -> int:
     return value
 
 
+MAX_THREADS = 1024
+
+
+def check_threads(value, what: str = "--threads") -> int | None:
+    """A thread count torch can use: None (torch's choice) or 1..MAX_THREADS."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        raise WarmstartError(f"{what} must be a whole number from 1 to {MAX_THREADS}, got {value!r}")
+    return value
+
+
+MAX_JSON_SIDE_FILE = 512 * 1024 * 1024
+
+
+def check_json_file(path: Path, what: str, error: type[WarmstartError] = WarmstartError) -> None:
+    """A side file that must parse as JSON (tokenizer.json, generation_config.json ...), refused before it is copied."""
+    import json
+
+    text = read_text(path, what, MAX_JSON_SIDE_FILE, error)
+    try:
+        json.loads(text)
+    except RecursionError:
+        raise error(f"{what} nests too deeply to be JSON a loader accepts", path) from None
+    except ValueError as err:
+        raise error(f"{what} is not valid JSON ({err})", path) from None
+
+
 def same_file_or_dir(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name the same file or directory (symlinks and trailing slashes resolved)."""
     try:

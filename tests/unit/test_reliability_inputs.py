@@ -695,3 +695,29 @@ def test_fifo_side_files_in_a_model_dir_are_not_read(tiny_llama, tmp_path, capsy
     assert main(["inspect", str(tiny_llama)]) == 0
     assert main(["convert", str(tiny_llama), str(tmp_path / "o"), "--quiet"]) == 0
     assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name,content", [
+    ("tokenizer.json", b'{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0'),  # truncated
+    ("tokenizer_config.json", b"\x00\x01not json at all"),
+    ("generation_config.json", b"{'single': 'quotes'}"),
+])
+def test_corrupt_side_json_is_refused_not_copied(name, content, tiny_llama, tmp_path, capsys):
+    """A side file that travels with the weights must parse; a corrupt one is named, never copied into an output."""
+    (tiny_llama / name).write_bytes(content)
+    for argv in (["convert", tiny_llama], ["shrink", tiny_llama, "--layers", "1"]):
+        out = tmp_path / "o"
+        refused(capsys, [*argv[:2], out, *argv[2:]], name, out=out)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1000000000", "2.5"])
+def test_thread_counts_bounded(value, tiny_llama, tmp_path, capsys):
+    out = tmp_path / "m"
+    copy = build_tiny("llama", tmp_path / "other", seed=1)
+    try:
+        code = main(["merge", str(tiny_llama), str(copy), str(out), "--threads", value])
+    except SystemExit as stop:  # argparse's own refusal of a value that is not an integer
+        code = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--threads" in err[-1], err
+    assert not out.exists()

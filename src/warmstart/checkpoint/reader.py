@@ -21,7 +21,7 @@ from typing import Any
 from warmstart.checkpoint.dtypes import torch_to_code
 from warmstart.checkpoint.safetensors_format import TensorInfo, read_header, safe_join
 from warmstart.errors import CheckpointError
-from warmstart.inputs import MAX_TEXT_BYTES, open_regular, require_regular_file
+from warmstart.inputs import MAX_TEXT_BYTES, check_json_file, open_regular, require_regular_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -113,6 +113,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._side_files_checked = False
         if not self.path.exists():
             raise CheckpointError("no such model directory", self.path)
         if not self.path.is_dir():
@@ -271,6 +272,11 @@ class Checkpoint:
         """
         names = [*TOKENIZER_FILES, "generation_config.json", *SENTENCE_TRANSFORMERS_FILES]
         files = [self.path / n for n in names if (self.path / n).is_file()]
+        if not self._side_files_checked:  # a corrupt tokenizer.json is refused, never copied into an output
+            for f in files:
+                if f.suffix == ".json":
+                    check_json_file(f, f.name, CheckpointError)
+            self._side_files_checked = True
         for module in self._sentence_transformer_modules():
             folder = safe_join(self.path, module, self.path / "modules.json")
             if folder.is_dir():

@@ -6,7 +6,7 @@ import json
 import os
 
 from warmstart.api import parse_size  # noqa: F401  (re-exported for the commands)
-from warmstart.errors import WarmstartError
+from warmstart.inputs import check_threads
 
 
 def add_output_args(p, dtype: bool = True) -> None:
@@ -82,10 +82,8 @@ def add_threads(p) -> None:
 
 
 def set_threads(n) -> None:
-    if n is None:
+    if check_threads(n) is None:
         return
-    if n < 1:
-        raise WarmstartError(f"--threads must be at least 1, got {n}")
     import torch
 
     torch.set_num_threads(n)

@@ -63,4 +63,4 @@ def run(args) -> int:
         ema_decay=args.ema_decay, ema_half_life=args.ema_half_life,
         input_steps=_numbers(args.input_steps, "--input-steps", int), wsm_shape=args.wsm_shape, wsm_end=args.wsm_end,
         fisher_data=args.fisher_data, fisher_batches=args.fisher_batches, fisher_batch_size=args.fisher_batch_size,
-        fisher_seq_len=args.fisher_seq_len, threads=args.threads or None, **output_options(args)))
+        fisher_seq_len=args.fisher_seq_len, threads=args.threads, **output_options(args)))

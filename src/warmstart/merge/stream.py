@@ -33,6 +33,7 @@ from warmstart.checkpoint.reader import Checkpoint
 from warmstart.checkpoint.safetensors_format import FLOAT_CODES
 from warmstart.checkpoint.tensor_file import TensorFile, checkpoint_tensor_file
 from warmstart.checkpoint.writer import check_output, write_json
+from warmstart.inputs import check_threads
 from warmstart.merge import combine
 from warmstart.merge.combine import all_finite
 from warmstart.merge.distinct import check_distinct
@@ -224,6 +225,7 @@ def merge_checkpoints(
     about twice as slow (docs/merge.md).
     """
     code = parse_user_dtype(dtype)
+    check_threads(threads)
     out = check_output(out, force, [*inputs, fisher_data])
     if len(inputs) < 2:
         raise MergeError("merging needs at least two checkpoints, got one", inputs[0] if inputs else None)
