@@ -19,6 +19,7 @@ import math
 import os
 from pathlib import Path
 
+from warmstart.bench import adapter_arm
 from warmstart.bench import metrics as M
 from warmstart.bench.recipe import grow_chain
 from warmstart.bench.train import default_schedule, read_log
@@ -69,6 +70,8 @@ def seed_metrics(recipe, run: dict, mode: str = "interpolate") -> dict:
         d["total_flops"] = a["result"]["flops"]
         d["params"] = a["result"]["params"]
         d["teacher_flops"] = float(a["result"].get("teacher_flops") or 0.0)
+        if a.get("trainable_params") is not None:  # an adapter arm: only its factors train
+            d["trainable_params"] = a["trainable_params"]
         if d["teacher_flops"]:  # distillation: the teacher's forwards are not sunk, count them too
             with_teacher = M.cost_to_target(a["rows"], target, "flops_with_teacher", mode)
             d["flops_to_target_with_teacher"] = with_teacher
@@ -107,11 +110,12 @@ def summarize(per_seed: list[dict]) -> dict:
             "source_not_beaten": sorted({n for s in per_seed for n in s["source_not_beaten"]})}
 
 
-def best_warm(summary: dict) -> tuple[str | None, float]:
-    """The warm arm with the smallest FLOPs fraction (source counted), not flagged as starting below."""
+def best_warm(summary: dict, reference: str | None = None) -> tuple[str | None, float]:
+    """The warm arm with the smallest FLOPs fraction (source counted), not flagged as starting below;
+    never the reference arm itself (whose curve may reach its own final loss before its budget)."""
     best, frac = None, math.inf
     for name, a in summary["arms"].items():
-        if a["kind"] == "scratch" or "starts_below" in a["flags"]:
+        if a["kind"] == "scratch" or "starts_below" in a["flags"] or name == reference:
             continue
         f = a["fraction_with_source"]["flops"]
         if f is not None and not math.isnan(f) and f < frac:
@@ -185,7 +189,9 @@ def describe_arm(recipe, arm) -> dict:
         origin = f"checkpoint `{arm.checkpoint}`"
     else:
         origin = None
-    if origin is None:
+    if arm.adapter is not None:
+        start = adapter_arm.describe(arm.adapter, origin)
+    elif origin is None:
         start = "from scratch"
     elif arm.grow:
         start = f"grown from {origin} by {chain_text(arm)}"
@@ -255,6 +261,7 @@ def markdown(recipe, results: dict) -> str:
                  "N = parameters without the input embedding table (for a Mixture-of-Experts, only the router and "
                  "the top-k experts a token uses).")
     lines.append("")
+    lines += adapter_arm.report_lines(recipe, results)
     lines.append("## Speedups in tokens, FLOPs and wall time")
     lines.append("")
     lines.append("| arm | tokens | tokens incl. source | FLOPs | FLOPs incl. source | wall time | wall time incl. source |")
@@ -293,7 +300,7 @@ def markdown(recipe, results: dict) -> str:
     else:
         b = s["arms"][best]
         lines.append(f"**Best warm arm: `{best}`**, reaching the recipe's target (eval loss {_fmt(s['target'])}) "
-                     f"with {_pct(frac)} of scratch's FLOPs, source counted: "
+                     f"with {_pct(frac)} of {_whose(recipe)} FLOPs, source counted: "
                      f"speedup {_x(b['speedup_with_source']['flops'])} in FLOPs, "
                      f"{_x(b['speedup_with_source']['tokens'])} in tokens and "
                      f"{_x(b['speedup_with_source']['time'])} in wall time.")
@@ -314,6 +321,12 @@ def markdown(recipe, results: dict) -> str:
                  "gives each arm's speedup, source counted, and what it ran.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _whose(recipe) -> str:
+    """Whose FLOPs the best arm's fraction is of: scratch's, or the reference arm's (e.g. an adapter recipe's)."""
+    ref = recipe.target.arm
+    return "scratch's" if recipe.target.loss is not None or recipe.arm(ref).kind == "scratch" else f"`{ref}`'s"
 
 
 def _legend_entry(name: str, a: dict, desc: dict, reference: str | None) -> str:
@@ -433,7 +446,7 @@ def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "in
         for v in s["sources"].values():
             v["log"] = os.path.relpath(v["log"], work)
     summary = summarize(per_seed)
-    best, frac = best_warm(summary)
+    best, frac = best_warm(summary, recipe.target.arm if recipe.target.loss is None else None)
     results = {"recipe": recipe.name, "seeds": len(runs), "mode": mode, "data": data_info, "summary": summary,
                "arms": {a.name: describe_arm(recipe, a) for a in recipe.arms},
                "best": {"arm": best, "fraction_with_source": frac},
