@@ -117,7 +117,9 @@ def test_adapter_arms_run_end_to_end(setup, capsys, one_thread):
         if tokens == "inf":
             assert all(r_["eval_loss"] > target for r_ in ev)
         else:
-            assert any(r_["eval_loss"] <= target for r_ in ev) and tokens % 1 == tokens % 1  # a number
+            assert any(r_["eval_loss"] <= target for r_ in ev)
+            steps = tokens / 64  # batch_size 4 x seq_len 16
+            assert 0 < steps <= 6 and f"{steps:.3g} (" in report  # the report's steps column
     assert results["best"]["arm"] != "default"
 
     # Every final adapter is a LoRA against the untouched checkpoint: loaded on it with PEFT, it gives the
@@ -169,6 +171,7 @@ def test_adapter_arm_trains_only_the_adapter(setup, one_thread):
         train(start.model, tok.train, tok.val, out_dir=tmp / "run" / arm.name, steps=3, batch_size=4, seq_len=16,
               lr=1e-2, eval_every=3, eval_batches=1, progress=False, accelerator=acc,
               flops_per_token=start.flops_per_token)
+        assert not acc._models and not acc._optimizers  # the run let go of its model in the shared Accelerator
         after = dict(start.model.named_parameters())
         frozen = [n for n in before if "lora_" not in n]
         assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
@@ -198,3 +201,85 @@ def test_bad_adapter_recipes_exit_2_with_one_line(setup, capsys, change, message
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists() and not (tmp / ".bad.partial").exists()
+
+
+def test_interrupted_adapter_arm_resumes_exactly(setup, one_thread):
+    """An adapter arm stopped mid-run and resumed (its start rebuilt, then the saved state loaded) follows the
+    straight run loss for loss, as every bench arm does."""
+    from accelerate import Accelerator
+
+    from warmstart.bench import adapter_arm as AA
+    from warmstart.bench import data as D
+    from warmstart.bench.recipe import load
+    from warmstart.bench.train import read_log, train
+
+    tmp, path, base, _ = setup
+    arm = load(path).arm("lora-ga")
+    tok = D.prepare({"main": D.corpus_files([str(tmp / "corpus")], tmp)}, vocab_size=300, heldout=0.1,
+                    tokenizer=base)["main"]
+    acc = Accelerator(cpu=True)
+    kw = dict(steps=6, batch_size=4, seq_len=16, lr=1e-2, eval_every=2, eval_batches=1, progress=False,
+              accelerator=acc, checkpoint_every=2)
+
+    def start():
+        return AA.build(base, arm.adapter, train_tokens=tok.train, seq_len=16, batch_size=4, seed=0,
+                        corpus=[tmp / "corpus" / "mod0.py"], start_dir=tmp / "start", accelerator=acc)
+
+    s = start()
+    straight = train(s.model, tok.train, tok.val, out_dir=tmp / "straight", flops_per_token=s.flops_per_token, **kw)
+
+    def stop(row):
+        if row["step"] == 5:
+            raise KeyboardInterrupt
+
+    s = start()
+    with pytest.raises(KeyboardInterrupt):
+        train(s.model, tok.train, tok.val, out_dir=tmp / "cut", on_step=stop, flops_per_token=s.flops_per_token, **kw)
+    s = start()
+    resumed = train(s.model, tok.train, tok.val, out_dir=tmp / "cut", resume=True, flops_per_token=s.flops_per_token,
+                    **kw)
+    assert resumed.resumed_from == 4
+    a, b = read_log(straight.log_path), read_log(resumed.log_path)
+    assert [r["step"] for r in b] == list(range(7))
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert [r.get("eval_loss") for r in a] == [r.get("eval_loss") for r in b]
+    assert [r["flops"] for r in a] == [r["flops"] for r in b]
+
+
+def _source_recipe(**adapter):
+    return {"name": "s", "corpus": "shakespeare", "model": {"hidden": 32, "layers": 2, "heads": 2, "seq_len": 16},
+            "train": {"steps": 4, "batch_size": 2},
+            "sources": {"base": {"model": {"hidden": 32, "layers": 2, "heads": 2}, "steps": 4}},
+            "arms": [{"name": "default", "source": "base", "adapter": {"method": "default", "rank": 4}},
+                     {"name": "x", "source": "base", "adapter": {"method": "pissa", "rank": 4, **adapter}}],
+            "target": {"arm": "default"}}
+
+
+def test_adapter_on_a_bench_source_is_checked_on_its_planned_shapes():
+    from warmstart.bench import recipe as R
+
+    R.parse(_source_recipe())  # q_proj and v_proj (PEFT's Llama default) exist, rank 4 <= 32
+    with pytest.raises(R.RecipeError, match=r"arms\[1\].adapter: rank 40 is above the smallest dimension of "
+                                            r"model.layers.0.self_attn.q_proj.weight \[32, 32\] \(at most 32\)"):
+        R.parse(_source_recipe(rank=40))
+    with pytest.raises(R.RecipeError, match=r"arms\[1\].adapter: target module 'c_attn' matches no linear layer; "
+                                            r"available: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"):
+        R.parse(_source_recipe(targets=["c_attn"]))
+    mixed = _source_recipe()
+    mixed["arms"][1] = {"name": "x", "checkpoint": "elsewhere", "adapter": {"method": "pissa", "rank": 4}}
+    with pytest.raises(R.RecipeError, match=r"arms\[1\].checkpoint: 'elsewhere' is not the base of the reference"):
+        R.parse(mixed)
+
+
+def test_the_shipped_adapter_recipes_parse():
+    from pathlib import Path
+
+    from warmstart.bench import recipe as R
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    for name in ("adapter_init.yaml", "adapter_init_tiny.yaml"):
+        r = R.load(root / name)
+        methods = [a.adapter.method for a in r.arms]
+        assert r.target.arm == "default" and methods[0] == "default" and r.seeds == 3
+        assert {"pissa", "olora", "nlora", "eva", "lora-ga", "lora-sb", "gaussian", "init-b"} <= set(methods)
+        assert len({(a.adapter.rank, a.adapter.targets[0]) for a in r.arms}) == 1  # the same rank and targets

@@ -307,6 +307,11 @@ def _num(x, fmt: str) -> str:
     return format(x, fmt)
 
 
+def _times(x) -> str:
+    text = _num(x, ".2f")
+    return text + "x" if text[0].isdigit() else text
+
+
 def report_lines(recipe, results: dict) -> list[str]:
     """report.md's section for adapter arms: steps and tokens to the reference's final held-out loss."""
     names = [a.name for a in recipe.arms if a.adapter is not None]
@@ -332,12 +337,11 @@ def report_lines(recipe, results: dict) -> list[str]:
         src = a["source_cost"]
         params = results["per_seed"][0]["arms"][name].get("trainable_params") if per_seed else None
         if name == ref_name:
-            speed = "reference"
-            speed_f = "reference"
+            speed = speed_f = "reference"
+        elif isinstance(steps, float) and math.isinf(steps):
+            speed = speed_f = "never reaches it"
         else:
-            speed = _num(a["speedup"]["tokens"], ".2f") + ("x" if _num(a["speedup"]["tokens"], ".2f")[0].isdigit() else "")
-            speed_f = (_num(a["speedup_with_source"]["flops"], ".2f")
-                       + ("x" if _num(a["speedup_with_source"]["flops"], ".2f")[0].isdigit() else ""))
+            speed, speed_f = _times(a["speedup"]["tokens"]), _times(a["speedup_with_source"]["flops"])
         lines.append(f"| {name} | {arm.adapter.method} | {_num(params, ',')} | {_num(src.get('time'), '.2f')} "
                      f"| {_num(src.get('flops'), '.3g')} | {_num(a['first_eval_loss'], '.4f')} "
                      f"| {_num(a['final_eval_loss'], '.4f')} | {_num(steps, '.3g')} ({per_steps}) | {speed} "

@@ -26,6 +26,10 @@ source as is (continued pretraining). Every arm may override ``lr``,
 its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``). ``prune`` cuts a
 checkpoint to the target shape by importance, and ``distill`` trains on a
 teacher's soft targets (docs/prune.md); model paths may be ``asset:smollm2``.
+``adapter: {method: pissa, rank: 8, targets: [q_proj, v_proj]}`` fine-tunes a
+LoRA adapter of a registered initialization on the checkpoint (or source), the
+base frozen (:mod:`warmstart.bench.adapter_arm`); such arms are measured against
+a reference adapter arm, ``target: {arm: default}``.
 
 Errors read ``arms[2].grow.layers: stack repeats all 6 layers, ...``: the
 path of the field, then the problem.

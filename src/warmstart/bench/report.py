@@ -260,6 +260,9 @@ def markdown(recipe, results: dict) -> str:
                  "once its FLOPs plus its source's equal scratch's total training FLOPs. FLOPs are 6 x N x tokens, "
                  "N = parameters without the input embedding table (for a Mixture-of-Experts, only the router and "
                  "the top-k experts a token uses).")
+    if any(a.adapter is not None for a in recipe.arms):
+        lines[-1] += (f" For adapter arms the reference is `{recipe.target.arm}`, not scratch, \"source\" is the "
+                      "initialization's calibration, and FLOPs are 4 N + 6 n per token (see below).")
     lines.append("")
     lines += adapter_arm.report_lines(recipe, results)
     lines.append("## Speedups in tokens, FLOPs and wall time")
@@ -393,6 +396,8 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
             if _finite(to["flops"]):
                 ax2.plot([offset + to["flops"]], [target], "X", color=c, ms=8, mec="black", mew=0.6, zorder=5)
         for sname, src in run["sources"].items():
+            if any(a.adapter is not None and a.source == sname for a in recipe.arms):
+                continue  # the base every adapter arm fine-tunes: shared, so sunk, and not on this axis
             ev = M.evals(read_log(src["log"]))
             line, = ax2.plot([r["flops"] for r in ev], [r["eval_loss"] for r in ev], color="gray", linestyle=":")
             if first:
@@ -413,12 +418,19 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
                           label="where the arm first reaches the target"))
     lo = target - 0.6
     ymax = max(M.evals(run["arms"][names[0]]["rows"])[0]["eval_loss"] for run in runs)
+    adapters = any(a.adapter is not None for a in recipe.arms)
+    if adapters:  # fine-tuning moves the loss by tenths of a nat: frame the curves, not a fixed span
+        losses = [r["eval_loss"] for run in runs for a in run["arms"].values() for r in M.evals(a["rows"])]
+        ymax = max(losses)
+        lo = min(losses) - 0.05 * max(ymax - min(losses), 1e-3)
+        ymax += 0.05 * max(ymax - min(losses), 1e-3)
     for ax in (ax1, ax2):
         ax.set_ylim(max(0.0, lo), min(ymax, target + 2.5))
     ax1.set_xlabel("tokens (this arm's training)")
-    ax2.set_xlabel("FLOPs, the source's pretraining included")
+    ax2.set_xlabel("FLOPs, the initialization's calibration included" if adapters
+                   else "FLOPs, the source's pretraining included")
     ax1.set_title("eval loss vs tokens")
-    ax2.set_title("eval loss vs FLOPs (6ND)")
+    ax2.set_title("eval loss vs FLOPs (LoRA: 4N + 6n per token)" if adapters else "eval loss vs FLOPs (6ND)")
     seeds = f", median speedups of {len(runs)} seeds" if len(runs) > 1 else ""
     lines = sum(h.get_label().count("\n") + 1 for h in handles)
     fig.set_figheight(4.5 + 0.17 * lines / ncol)  # the panels keep their height; the legend gets its own

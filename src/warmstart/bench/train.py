@@ -385,12 +385,15 @@ def train(
     if finished is not None:
         return finished
     t.setup(model, resume, init_fn)
-    for step in range(t.start, s.steps):
-        row = t.train_step(step)
-        if on_step is not None:
-            on_step(row)
-        t.checkpoint(step + 1)
-    return t.finish(save_final)
+    try:
+        for step in range(t.start, s.steps):
+            row = t.train_step(step)
+            if on_step is not None:
+                on_step(row)
+            t.checkpoint(step + 1)
+        return t.finish(save_final)
+    finally:
+        t.release()
 
 
 class Trainer:
@@ -566,6 +569,21 @@ class Trainer:
             self.saved.append(str(path))
         if s.checkpoint_every and n % s.checkpoint_every == 0 and n < s.steps:
             _save_state(self.acc, self.out_dir, {"step": n, "time": self.elapsed})
+
+    def release(self) -> None:
+        """Forget this run's model and optimizer in the (shared) Accelerator.
+
+        Accelerate keeps every prepared object and ``save_state``/``load_state``
+        handle all of them by index: without this, a bench process training
+        one arm after another would hold every earlier arm's model in memory,
+        write them all into each later arm's resume state, and resume an arm
+        from the wrong file.
+        """
+        acc = self.acc
+        for attr, obj in (("_models", getattr(self, "net", None)), ("_optimizers", getattr(self, "opt", None))):
+            kept = getattr(acc, attr, None)
+            if isinstance(kept, list) and obj is not None:
+                kept[:] = [o for o in kept if o is not obj]
 
     # -- finish ---------------------------------------------------------------
     def finish(self, save_final: bool) -> TrainResult:
