@@ -238,7 +238,9 @@ def markdown(recipe, results: dict) -> str:
         lines.append(f"- Source `{name}` ({src['params']:,} parameters): its own final eval loss "
                      f"**{_fmt(src['final_eval_loss'])}**, cost {_big(src['flops'])} FLOPs. `{ref}` ends at "
                      f"**{_fmt(s['reference_final'])}**, {_fmt(gap)} nats below it: "
-                     + ("clearly below (the bigger model is worth having)." if ok else
+                     + ((("clearly below (the fine-tuning is worth doing)." if any(
+                         a.adapter is not None and a.source == name for a in recipe.arms)
+                         else "clearly below (the bigger model is worth having).")) if ok else
                         f"**FLAG: not clearly below (margin {recipe.honesty_margin}); the speedups are meaningless.**"))
     if s["sources"]:
         lines.append("")

@@ -388,8 +388,6 @@ def _check_adapter_arm(ctx: Context, i: int, path: Path, config: dict) -> None:
     try:
         AA.check(path, r.arms[i].adapter, seq_len=r.model.seq_len, batch_size=r.train.batch_size,
                  corpus=corpora_of(r)["main"], tokenizer_dir=ctx.data["main"].tokenizer_dir)
-    except RecipeError:
-        raise
     except WarmstartError as err:
         raise RecipeError(f"arms[{i}].adapter: {err.message}") from None
     want = r.model.hf_config(ctx.data["main"].vocab_size, r.model.seq_len)
