@@ -76,7 +76,7 @@ def test_adapter_arms_run_end_to_end(setup, capsys, one_thread):
     from warmstart.bench import data as D
     from warmstart.bench.train import read_log
 
-    tmp, path, base, recipe = setup
+    tmp, path, base, _ = setup
     out = tmp / "bench"
     assert main(["bench", str(path), str(out), "--quiet"]) == 0, capsys.readouterr().err
     report = (out / "report.md").read_text()
@@ -141,10 +141,9 @@ def test_adapter_arms_run_end_to_end(setup, capsys, one_thread):
                 got = model.base_model.model.get_parameter(name.replace(".weight", ".base_layer.weight"))
             assert torch.equal(got, tensor), name
         mine = _heldout_loss(model, data.val, 16, 4, 2 * 4)
-        logged = [r_ for r_ in read_log(seed0 / "arms" / arm / "log.jsonl") if r_.get("eval_loss") is not None][-1]
-        assert mine == pytest.approx(logged["eval_loss"], rel=1e-5), arm
-        first = [r_ for r_ in read_log(seed0 / "arms" / arm / "log.jsonl") if r_.get("eval_loss") is not None][0]
-        assert abs(logged["eval_loss"] - first["eval_loss"]) > 1e-3  # it did train
+        evals = [r_ for r_ in read_log(seed0 / "arms" / arm / "log.jsonl") if r_.get("eval_loss") is not None]
+        assert mine == pytest.approx(evals[-1]["eval_loss"], rel=1e-5), arm
+        assert abs(evals[-1]["eval_loss"] - evals[0]["eval_loss"]) > 1e-3  # it did train
     assert math.isfinite(results["summary"]["arms"]["pissa"]["final_eval_loss"])
 
 
@@ -218,8 +217,8 @@ def test_interrupted_adapter_arm_resumes_exactly(setup, one_thread):
     tok = D.prepare({"main": D.corpus_files([str(tmp / "corpus")], tmp)}, vocab_size=300, heldout=0.1,
                     tokenizer=base)["main"]
     acc = Accelerator(cpu=True)
-    kw = dict(steps=6, batch_size=4, seq_len=16, lr=1e-2, eval_every=2, eval_batches=1, progress=False,
-              accelerator=acc, checkpoint_every=2)
+    kw = {"steps": 6, "batch_size": 4, "seq_len": 16, "lr": 1e-2, "eval_every": 2, "eval_batches": 1,
+          "progress": False, "accelerator": acc, "checkpoint_every": 2}
 
     def start():
         return AA.build(base, arm.adapter, train_tokens=tok.train, seq_len=16, batch_size=4, seed=0,
