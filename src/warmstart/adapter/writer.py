@@ -140,7 +140,26 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
         ctx.notes.append(f"residual base + adapter = source: largest relative difference {error:.2e}")
     trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     report = AdapterReport(out, spec.method, len(targets), trainable, method.moves_base, ctx.timings, ctx.notes)
-    meta = {
+    calibration = ({"files": len(spec.corpus), "batches": len(batches), "batch_size": spec.batch_size,
+                    "seq_len": spec.seq_len} if batches else None)
+    meta = metadata(ckpt, model_dir, spec, method, keys, targets, calibration, ctx.timings, error)
+    with atomic_directory(out, force, [model_dir]) as tmp:
+        save_adapter(peft_model, tmp / "adapter")
+        if method.moves_base:
+            # AutoPeftModel loads the base named here: it must be the residual, never the source
+            set_base_path(tmp / "adapter", str(out.resolve() / "base"))
+        if method.moves_base:
+            write_residual_base(ckpt, peft_model, tmp / "base")
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+    return report
+
+
+def metadata(ckpt, model_dir: Path, spec: cfg.AdapterSpec, method, keys: list[str], targets, calibration,
+             timings: dict, error: float | None) -> dict:
+    """The content of warmstart_adapter.json: what was initialized, how, from what, and how long it took."""
+    return {
         "method": spec.method,
         "implemented_by": method.by,
         "rank": spec.rank,
@@ -150,25 +169,13 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
         "moves_base": method.moves_base,
         "exact_at_init": method.exact,
         "layout": {"adapter": "adapter", "base": "base" if method.moves_base else None},
-        "source": {"model_type": ckpt.config.get("model_type"), "name": model_dir.name},
+        "source": {"model_type": ckpt.config.get("model_type"), "name": Path(model_dir).name},
         "seed": spec.seed,
         "options": {k: v for k, v in spec.options.items() if v is not None},
-        "calibration": ({"files": len(spec.corpus), "batches": len(batches), "batch_size": spec.batch_size,
-                         "seq_len": spec.seq_len} if batches else None),
-        "timings_s": {k: round(v, 4) for k, v in ctx.timings.items()},
+        "calibration": calibration,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "reconstruction_max_rel_error": error,
     }
-    with atomic_directory(out, force, [model_dir]) as tmp:
-        save_adapter(peft_model, tmp / "adapter")
-        if method.moves_base:
-            # AutoPeftModel loads the base named here: it must be the residual, never the source
-            _set_base_path(tmp / "adapter", str(out.resolve() / "base"))
-        if method.moves_base:
-            write_residual_base(ckpt, peft_model, tmp / "base")
-        with open(tmp / META, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-    return report
 
 
 def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | None:
@@ -206,15 +213,21 @@ def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | No
 
 def save_adapter(peft_model, path: Path) -> None:
     """PEFT's save_pretrained, with a config that makes loading add the stored factors and nothing else."""
+    reset_init_config(peft_model)
+    peft_model.save_pretrained(str(path))
+
+
+def reset_init_config(peft_model) -> None:
+    """Say ``init_lora_weights: true`` in the adapter's config: PEFT re-runs the named initialization when it
+    loads an adapter, which for PiSSA/OLoRA would subtract the principal part from the residual a second time."""
     config = peft_model.peft_config["default"]
     config.init_lora_weights = True
     for sub in ("eva_config", "corda_config", "lora_ga_config", "loftq_config"):
         if hasattr(config, sub):
             setattr(config, sub, None if sub != "loftq_config" else {})
-    peft_model.save_pretrained(str(path))
 
 
-def _set_base_path(adapter_dir: Path, base: str) -> None:
+def set_base_path(adapter_dir: Path, base: str) -> None:
     path = adapter_dir / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base
@@ -303,7 +316,7 @@ def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) 
         shutil.copytree(initial, copy)
         with atomic_directory(out, force, [model_dir, init_dir, trained]) as tmp:
             model.save_pretrained(str(tmp), path_initial_model_for_weight_conversion=str(copy))
-            _set_base_path(tmp, str(model_dir.resolve()))  # plain LoRA: against the untouched source
+            set_base_path(tmp, str(model_dir.resolve()))  # plain LoRA: against the untouched source
     r = meta["rank"]
     return [f"wrote {out}: plain LoRA of rank {2 * r} (= [trained | initial] factors of {meta['method']}) "
             f"against the untouched base"]

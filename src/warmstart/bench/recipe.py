@@ -26,6 +26,10 @@ source as is (continued pretraining). Every arm may override ``lr``,
 its start (``shrink_perturb: {shrink: 0.5, noise: 0.01}``). ``prune`` cuts a
 checkpoint to the target shape by importance, and ``distill`` trains on a
 teacher's soft targets (docs/prune.md); model paths may be ``asset:smollm2``.
+``adapter: {method: pissa, rank: 8, targets: [q_proj, v_proj]}`` fine-tunes a
+LoRA adapter of a registered initialization on the checkpoint (or source), the
+base frozen (:mod:`warmstart.bench.adapter_arm`); such arms are measured against
+a reference adapter arm, ``target: {arm: default}``.
 
 Errors read ``arms[2].grow.layers: stack repeats all 6 layers, ...``: the
 path of the field, then the problem.
@@ -41,6 +45,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from warmstart.arch.spec import describe
+from warmstart.bench.adapter_arm import AdapterArm
 from warmstart.errors import SpecError, WarmstartError
 from warmstart.inputs import MAX_VOCAB, check_elements
 from warmstart.ops import registry
@@ -179,6 +184,7 @@ class ArmSpec(Budget):
     prune: PruneSpec | None = None
     distill: DistillSpec | None = None
     shrink_perturb: ShrinkPerturb | None = None
+    adapter: AdapterArm | None = None  # a LoRA adapter on the checkpoint, the only weights trained
     grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
 
     @model_validator(mode="before")
@@ -200,10 +206,19 @@ class ArmSpec(Budget):
             raise ValueError("give grow or prune, not both")
         if self.distill is not None and self.distill.teacher is None and not self.checkpoint:
             raise ValueError("distill needs a teacher (distill.teacher) when the arm has no checkpoint")
+        if self.adapter is not None:
+            if not (self.checkpoint or self.source):
+                raise ValueError("adapter needs a checkpoint or a source (the base model the adapter fine-tunes)")
+            other = next((f for f in ("grow", "prune", "distill", "shrink_perturb") if getattr(self, f) is not None),
+                         None)
+            if other:
+                raise ValueError(f"an adapter arm trains the adapter alone on the checkpoint: leave out {other}")
         return self
 
     @property
     def kind(self) -> str:
+        if self.adapter is not None:
+            return "adapter"
         if self.prune is not None:
             return "prune"
         if self.source or self.checkpoint:
@@ -381,6 +396,7 @@ def check(recipe: Recipe) -> None:
             raise RecipeError(f"arms[{i}].name: {name!r} is used by arms[{names.index(name)}] too")
     if recipe.target.loss is None and recipe.target.arm not in names:
         raise RecipeError(f"target.arm: no arm named {recipe.target.arm!r} (arms: {', '.join(names)})")
+    check_adapter_reference(recipe)
     check_sizes(recipe)
     for key, src in recipe.sources.items():
         if src.model.seq_len not in (None, recipe.model.seq_len):
@@ -397,6 +413,43 @@ def check(recipe: Recipe) -> None:
             parse_steps(arm.grow, where=lambda j, _i=i, _a=arm: _a.grow_path(_i, j), error=RecipeError)
         if arm.source is not None:
             check_arm_shape(recipe, i)
+            if arm.adapter is not None:
+                check_adapter_on_source(recipe, i)
+
+
+def check_adapter_reference(recipe: Recipe) -> None:
+    """Adapter arms are measured against an arm fine-tuning the same checkpoint (e.g. the PEFT default adapter)."""
+    adapters = [a for a in recipe.arms if a.adapter is not None]
+    if not adapters or recipe.target.loss is not None:
+        return
+    ref = recipe.arm(recipe.target.arm)
+    if ref.kind not in ("adapter", "continue"):
+        raise RecipeError(f"target.arm: adapter arms are measured against an adapter arm (e.g. PEFT's default: "
+                          f"target: {{arm: {adapters[0].name}}}) or a full fine-tuning of their checkpoint, not the "
+                          f"{ref.kind} arm {ref.name!r}")
+    for a in adapters:
+        if (a.checkpoint, a.source) != (ref.checkpoint, ref.source):
+            i = recipe.arms.index(a)
+            field, mine, theirs = (("checkpoint", a.checkpoint, ref.checkpoint) if a.checkpoint else
+                                   ("source", a.source, ref.source or ref.checkpoint))
+            raise RecipeError(f"arms[{i}].{field}: {mine!r} is not the base of the reference arm {ref.name!r} "
+                              f"({theirs!r}): steps to its loss compare fine-tunings of one model")
+
+
+def check_adapter_on_source(recipe: Recipe, index: int, vocab_size: int = 2048) -> None:
+    """An adapter on a bench-trained source: the adapter library's rank and target checks on its planned shapes."""
+    from warmstart.adapter import config as adapter_config
+    from warmstart.bench.adapter_arm import adapter_spec
+
+    arm = recipe.arms[index]
+    src = recipe.sources[arm.source]
+    model = _planned_model(src.model.hf_config(vocab_size, recipe.model.seq_len), f"<source {arm.source}>")
+    spec = adapter_spec(arm.adapter, seed=0, seq_len=recipe.model.seq_len, batch_size=recipe.train.batch_size)
+    try:
+        _, targets = adapter_config.resolve_targets(model.checkpoint, spec)
+        adapter_config.check_rank(spec, targets, model.checkpoint.path)
+    except WarmstartError as err:
+        raise RecipeError(f"arms[{index}].adapter: {err.message}") from None
 
 
 def _planned_model(config: dict, label: str):

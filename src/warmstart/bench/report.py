@@ -19,6 +19,7 @@ import math
 import os
 from pathlib import Path
 
+from warmstart.bench import adapter_arm
 from warmstart.bench import metrics as M
 from warmstart.bench.recipe import grow_chain
 from warmstart.bench.train import default_schedule, read_log
@@ -69,6 +70,8 @@ def seed_metrics(recipe, run: dict, mode: str = "interpolate") -> dict:
         d["total_flops"] = a["result"]["flops"]
         d["params"] = a["result"]["params"]
         d["teacher_flops"] = float(a["result"].get("teacher_flops") or 0.0)
+        if a.get("trainable_params") is not None:  # an adapter arm: only its factors train
+            d["trainable_params"] = a["trainable_params"]
         if d["teacher_flops"]:  # distillation: the teacher's forwards are not sunk, count them too
             with_teacher = M.cost_to_target(a["rows"], target, "flops_with_teacher", mode)
             d["flops_to_target_with_teacher"] = with_teacher
@@ -107,11 +110,12 @@ def summarize(per_seed: list[dict]) -> dict:
             "source_not_beaten": sorted({n for s in per_seed for n in s["source_not_beaten"]})}
 
 
-def best_warm(summary: dict) -> tuple[str | None, float]:
-    """The warm arm with the smallest FLOPs fraction (source counted), not flagged as starting below."""
+def best_warm(summary: dict, reference: str | None = None) -> tuple[str | None, float]:
+    """The warm arm with the smallest FLOPs fraction (source counted), not flagged as starting below;
+    never the reference arm itself (whose curve may reach its own final loss before its budget)."""
     best, frac = None, math.inf
     for name, a in summary["arms"].items():
-        if a["kind"] == "scratch" or "starts_below" in a["flags"]:
+        if a["kind"] == "scratch" or "starts_below" in a["flags"] or name == reference:
             continue
         f = a["fraction_with_source"]["flops"]
         if f is not None and not math.isnan(f) and f < frac:
@@ -185,7 +189,9 @@ def describe_arm(recipe, arm) -> dict:
         origin = f"checkpoint `{arm.checkpoint}`"
     else:
         origin = None
-    if origin is None:
+    if arm.adapter is not None:
+        start = adapter_arm.describe(arm.adapter, origin)
+    elif origin is None:
         start = "from scratch"
     elif arm.grow:
         start = f"grown from {origin} by {chain_text(arm)}"
@@ -232,7 +238,9 @@ def markdown(recipe, results: dict) -> str:
         lines.append(f"- Source `{name}` ({src['params']:,} parameters): its own final eval loss "
                      f"**{_fmt(src['final_eval_loss'])}**, cost {_big(src['flops'])} FLOPs. `{ref}` ends at "
                      f"**{_fmt(s['reference_final'])}**, {_fmt(gap)} nats below it: "
-                     + ("clearly below (the bigger model is worth having)." if ok else
+                     + ((("clearly below (the fine-tuning is worth doing)." if any(
+                         a.adapter is not None and a.source == name for a in recipe.arms)
+                         else "clearly below (the bigger model is worth having).")) if ok else
                         f"**FLAG: not clearly below (margin {recipe.honesty_margin}); the speedups are meaningless.**"))
     if s["sources"]:
         lines.append("")
@@ -254,7 +262,11 @@ def markdown(recipe, results: dict) -> str:
                  "once its FLOPs plus its source's equal scratch's total training FLOPs. FLOPs are 6 x N x tokens, "
                  "N = parameters without the input embedding table (for a Mixture-of-Experts, only the router and "
                  "the top-k experts a token uses).")
+    if any(a.adapter is not None for a in recipe.arms):
+        lines[-1] += (f" For adapter arms the reference is `{recipe.target.arm}`, not scratch, \"source\" is the "
+                      "initialization's calibration, and FLOPs are 4 N + 6 n per token (see below).")
     lines.append("")
+    lines += adapter_arm.report_lines(recipe, results)
     lines.append("## Speedups in tokens, FLOPs and wall time")
     lines.append("")
     lines.append("| arm | tokens | tokens incl. source | FLOPs | FLOPs incl. source | wall time | wall time incl. source |")
@@ -293,7 +305,7 @@ def markdown(recipe, results: dict) -> str:
     else:
         b = s["arms"][best]
         lines.append(f"**Best warm arm: `{best}`**, reaching the recipe's target (eval loss {_fmt(s['target'])}) "
-                     f"with {_pct(frac)} of scratch's FLOPs, source counted: "
+                     f"with {_pct(frac)} of {_whose(recipe)} FLOPs, source counted: "
                      f"speedup {_x(b['speedup_with_source']['flops'])} in FLOPs, "
                      f"{_x(b['speedup_with_source']['tokens'])} in tokens and "
                      f"{_x(b['speedup_with_source']['time'])} in wall time.")
@@ -314,6 +326,12 @@ def markdown(recipe, results: dict) -> str:
                  "gives each arm's speedup, source counted, and what it ran.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _whose(recipe) -> str:
+    """Whose FLOPs the best arm's fraction is of: scratch's, or the reference arm's (e.g. an adapter recipe's)."""
+    ref = recipe.target.arm
+    return "scratch's" if recipe.target.loss is not None or recipe.arm(ref).kind == "scratch" else f"`{ref}`'s"
 
 
 def _legend_entry(name: str, a: dict, desc: dict, reference: str | None) -> str:
@@ -380,6 +398,8 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
             if _finite(to["flops"]):
                 ax2.plot([offset + to["flops"]], [target], "X", color=c, ms=8, mec="black", mew=0.6, zorder=5)
         for sname, src in run["sources"].items():
+            if any(a.adapter is not None and a.source == sname for a in recipe.arms):
+                continue  # the base every adapter arm fine-tunes: shared, so sunk, and not on this axis
             ev = M.evals(read_log(src["log"]))
             line, = ax2.plot([r["flops"] for r in ev], [r["eval_loss"] for r in ev], color="gray", linestyle=":")
             if first:
@@ -400,12 +420,19 @@ def plot(paths, recipe, runs: list[dict], results: dict) -> None:
                           label="where the arm first reaches the target"))
     lo = target - 0.6
     ymax = max(M.evals(run["arms"][names[0]]["rows"])[0]["eval_loss"] for run in runs)
+    adapters = any(a.adapter is not None for a in recipe.arms)
+    if adapters:  # fine-tuning moves the loss by tenths of a nat: frame the curves, not a fixed span
+        losses = [r["eval_loss"] for run in runs for a in run["arms"].values() for r in M.evals(a["rows"])]
+        ymax = max(losses)
+        lo = min(losses) - 0.05 * max(ymax - min(losses), 1e-3)
+        ymax += 0.05 * max(ymax - min(losses), 1e-3)
     for ax in (ax1, ax2):
         ax.set_ylim(max(0.0, lo), min(ymax, target + 2.5))
     ax1.set_xlabel("tokens (this arm's training)")
-    ax2.set_xlabel("FLOPs, the source's pretraining included")
+    ax2.set_xlabel("FLOPs, the initialization's calibration included" if adapters
+                   else "FLOPs, the source's pretraining included")
     ax1.set_title("eval loss vs tokens")
-    ax2.set_title("eval loss vs FLOPs (6ND)")
+    ax2.set_title("eval loss vs FLOPs (LoRA: 4N + 6n per token)" if adapters else "eval loss vs FLOPs (6ND)")
     seeds = f", median speedups of {len(runs)} seeds" if len(runs) > 1 else ""
     lines = sum(h.get_label().count("\n") + 1 for h in handles)
     fig.set_figheight(4.5 + 0.17 * lines / ncol)  # the panels keep their height; the legend gets its own
@@ -433,7 +460,7 @@ def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "in
         for v in s["sources"].values():
             v["log"] = os.path.relpath(v["log"], work)
     summary = summarize(per_seed)
-    best, frac = best_warm(summary)
+    best, frac = best_warm(summary, recipe.target.arm if recipe.target.loss is None else None)
     results = {"recipe": recipe.name, "seeds": len(runs), "mode": mode, "data": data_info, "summary": summary,
                "arms": {a.name: describe_arm(recipe, a) for a in recipe.arms},
                "best": {"arm": best, "fraction_with_source": frac},

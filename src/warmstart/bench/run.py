@@ -5,6 +5,7 @@ Layout of the output directory::
     DIR/recipe.json                      the validated recipe (a resumed run must match it)
     DIR/seed-K/sources/NAME/             a bench-trained source: log.jsonl, final/, result.json
     DIR/seed-K/grown/ARM/                the grown start of a grow arm (an HF directory)
+    DIR/seed-K/adapters/ARM/             the initial adapter of an adapter arm (PEFT layout + warmstart_adapter.json)
     DIR/seed-K/arms/ARM/                 each arm's training: log.jsonl, final/, result.json
     DIR/report.md, curves.png (and .pdf/.svg if asked), results.json
 
@@ -35,11 +36,12 @@ from pathlib import Path
 
 from warmstart import assets
 from warmstart.arch import open_model
+from warmstart.bench import adapter_arm as AA
 from warmstart.bench import data as D
 from warmstart.bench import metrics as M
 from warmstart.bench import report
 from warmstart.bench import train as T
-from warmstart.bench.recipe import ArmSpec, Recipe, RecipeError, base_dir, grow_chain, plan_chain
+from warmstart.bench.recipe import DIM_KEYS, ArmSpec, Recipe, RecipeError, base_dir, grow_chain, plan_chain
 from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
 from warmstart.errors import OutputExists, WarmstartError
 from warmstart.ops.registry import OPERATIONS
@@ -258,6 +260,8 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
     """Train arm `index` for `seed`; returns its record (log path, result, source cost)."""
     r = ctx.recipe
     arm = r.arms[index]
+    if arm.adapter is not None:
+        return _adapter_arm(ctx, index, seed)
     main = ctx.data["main"]
     source_dir, source_cost = None, {k: 0.0 for k in M.KEYS}
     if arm.source:
@@ -313,6 +317,43 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
             "source_cost": source_cost, "log": str(out / "log.jsonl")}
 
 
+def _adapter_arm(ctx: Context, index: int, seed: int) -> dict:
+    """Fine-tune a LoRA adapter on the arm's checkpoint (see :mod:`warmstart.bench.adapter_arm`).
+
+    The initialization's calibration passes and seconds are the arm's one-time
+    cost, reported where a warm arm reports its source's pretraining; the
+    checkpoint (or bench-trained source) is sunk: every adapter arm and the
+    reference fine-tune the same one.
+    """
+    r, arm, main = ctx.recipe, ctx.recipe.arms[index], ctx.data["main"]
+    if arm.source:  # a bench-trained source, shared with the reference arm: the comparison's sunk cost too
+        checkpoint = _seed_source(ctx, arm.source, seed) / "final"
+    else:
+        checkpoint = model_path(r, arm.checkpoint)
+    kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
+    out = ctx.work / f"seed-{seed}" / "arms" / arm.name
+    start_dir = ctx.work / f"seed-{seed}" / "adapters" / arm.name
+    start = None
+    if not (out / "result.json").exists():
+        ctx.say(f"arm {arm.name} (seed {seed}): initializing a rank-{arm.adapter.rank} {arm.adapter.method} adapter, "
+                f"then training {kw['steps']} steps (adapter)")
+        start = AA.build(checkpoint, arm.adapter, train_tokens=main.train, seq_len=r.model.seq_len,
+                         batch_size=r.train.batch_size, seed=seed, corpus=corpora_of(r)["main"], start_dir=start_dir,
+                         accelerator=ctx.accelerator)
+    result = T.train(start.model if start is not None else checkpoint, main.train, main.val, out_dir=out,
+                     resume=True, progress=ctx.progress, desc=f"{arm.name} s{seed}", extra_files=main.tokenizer_files(),
+                     accelerator=ctx.accelerator, flops_per_token=start.flops_per_token if start is not None else None,
+                     **kw)
+    if start is not None:
+        base = _final_location(ctx.work, checkpoint) if arm.source else checkpoint
+        AA.finish(start, out / "final", base, main.tokenizer_files(), ctx.accelerator)
+    rows = T.read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
+    settings = json.loads((out / "settings.json").read_text()) if (out / "settings.json").exists() else {}
+    return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": None,
+            "source_cost": AA.init_cost(start_dir), "log": str(out / "log.jsonl"),
+            "trainable_params": settings.get("trainable_params")}
+
+
 def check_starts(ctx: Context) -> None:
     """Checks that need the tokenizer: existing checkpoints must match the recipe's target and vocabulary."""
     r = ctx.recipe
@@ -324,11 +365,37 @@ def check_starts(ctx: Context) -> None:
         if not (path / "config.json").is_file():
             raise RecipeError(f"arms[{i}].checkpoint: not a model directory (no config.json): {arm.checkpoint}")
         model = open_model(path)
+        if arm.adapter is not None:
+            _check_adapter_arm(ctx, i, path, model.config)
         config = plan_chain(model, arm, i).config if arm.grow else model.config
         found = model.family.config_value(config, "vocab")  # nested in text_config for multimodal checkpoints
         if int(found if found is not None else -1) != vocab:
             raise RecipeError(f"arms[{i}].checkpoint: its vocabulary has {found} tokens, the "
                               f"recipe's tokenizer {vocab} (set tokenizer.path to the checkpoint's tokenizer)")
+
+
+def _final_location(work: Path, path: Path) -> Path:
+    """Where `path`, inside the work directory ``.DIR.partial``, will be once the run is renamed to DIR."""
+    name = work.name
+    if name.startswith(".") and name.endswith(".partial") and Path(path).is_relative_to(work):
+        return work.parent / name[1:-len(".partial")] / Path(path).relative_to(work)
+    return Path(path)
+
+
+def _check_adapter_arm(ctx: Context, i: int, path: Path, config: dict) -> None:
+    """The adapter library's checks (rank, targets, precision, tokenizer), and the recipe's model is the base's."""
+    r = ctx.recipe
+    try:
+        AA.check(path, r.arms[i].adapter, seq_len=r.model.seq_len, batch_size=r.train.batch_size,
+                 corpus=corpora_of(r)["main"], tokenizer_dir=ctx.data["main"].tokenizer_dir)
+    except WarmstartError as err:
+        raise RecipeError(f"arms[{i}].adapter: {err.message}") from None
+    want = r.model.hf_config(ctx.data["main"].vocab_size, r.model.seq_len)
+    diffs = [f"{DIM_KEYS[k]} {config.get(k)} (recipe's model: {want[k]})" for k in DIM_KEYS
+             if config.get(k) is not None and config.get(k) != want[k]]
+    if diffs:
+        raise RecipeError(f"arms[{i}].checkpoint: the adapter's base has {', '.join(diffs)}; give the recipe's "
+                          "model: the checkpoint's shape")
 
 
 def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads: int, kind: str, key, seed: int):

@@ -35,7 +35,11 @@ Why these choices:
   head). Attention-score FLOPs are left out, as in the 6ND rule. In a
   Mixture-of-Experts N is the active parameters: the router and the top-k
   experts a token uses, not all experts (:mod:`warmstart.bench.moe`); its
-  load-balancing loss is added to the training loss.
+  load-balancing loss is added to the training loss. A caller that trains
+  part of the model (a LoRA adapter on a frozen base) gives its own
+  ``flops_per_token`` (:mod:`warmstart.bench.adapter_arm`: 4 N + 6 n).
+- **Only what requires gradients is optimized**: frozen parameters (a LoRA
+  arm's base, PERP's non-norm weights) are left out of the optimizer.
 - **Resumable**: every ``checkpoint_every`` steps the model, optimizer and RNG
   states go to ``state/`` with ``Accelerator.save_state`` (replaced
   atomically), with the step and elapsed time; ``resume=True`` continues from
@@ -355,6 +359,7 @@ def train(
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
     distill=None,
+    flops_per_token: float | None = None,
     **settings_kw,
 ) -> TrainResult:
     """Train a causal LM on packed tokens; log JSONL; save HF directories; resumable.
@@ -368,22 +373,27 @@ def train(
     HF directory (tokenizer files). ``on_step(row)`` is called after each
     logged step (e.g. to stop early). ``distill``: a
     :class:`warmstart.bench.distill.Distiller` (teacher targets, loss, teacher
-    FLOPs in the log's ``teacher_flops``). Other keywords are :class:`TrainSettings`
+    FLOPs in the log's ``teacher_flops``). ``flops_per_token``: training FLOPs
+    per token when not 6 x N (a LoRA adapter on a frozen base). Other keywords are :class:`TrainSettings`
     fields. The log goes to ``log_path`` (default ``out_dir/log.jsonl``).
     """
     s = TrainSettings(steps=steps, **settings_kw)
     t = Trainer(s, train_tokens, eval_tokens, out_dir=Path(out_dir), log_path=log_path, desc=desc,
-                extra_files=extra_files, accelerator=accelerator, progress=progress, distill=distill)
+                extra_files=extra_files, accelerator=accelerator, progress=progress, distill=distill,
+                flops_per_token=flops_per_token)
     finished = t.finished(resume, force)
     if finished is not None:
         return finished
     t.setup(model, resume, init_fn)
-    for step in range(t.start, s.steps):
-        row = t.train_step(step)
-        if on_step is not None:
-            on_step(row)
-        t.checkpoint(step + 1)
-    return t.finish(save_final)
+    try:
+        for step in range(t.start, s.steps):
+            row = t.train_step(step)
+            if on_step is not None:
+                on_step(row)
+            t.checkpoint(step + 1)
+        return t.finish(save_final)
+    finally:
+        t.release()
 
 
 class Trainer:
@@ -395,7 +405,8 @@ class Trainer:
     """
 
     def __init__(self, s: TrainSettings, train_tokens, eval_tokens, *, out_dir: Path, log_path, desc: str,
-                 extra_files: Sequence, accelerator, progress: bool = True, distill=None):
+                 extra_files: Sequence, accelerator, progress: bool = True, distill=None,
+                 flops_per_token: float | None = None):
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
             if getattr(s, name) < 1:
                 raise WarmstartError(f"{name} must be at least 1, got {getattr(s, name)}")
@@ -411,6 +422,7 @@ class Trainer:
         self.log_path = Path(log_path) if log_path else out_dir / LOG_NAME
         self.desc, self.extra_files, self.progress = desc, extra_files, progress
         self.distill = distill  # bench.distill.Distiller: teacher targets, the loss, the teacher's FLOPs
+        self.flops_per_token = flops_per_token  # None: 6 x N
         self.acc = _accelerator(s, accelerator)
         self.world = self.acc.num_processes
         if s.batch_size % (self.world * s.grad_accum):
@@ -461,8 +473,10 @@ class Trainer:
         if init_fn is not None and not resuming:
             init_fn(net)
         self.n_params, self.n_flops = count_params(net), flops_params(net)
-        decay = [p for p in net.parameters() if p.dim() >= 2]
-        no_decay = [p for p in net.parameters() if p.dim() < 2]
+        self.per_token = float(self.flops_per_token) if self.flops_per_token is not None else 6.0 * self.n_flops
+        trained = [p for p in net.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.dim() >= 2]
+        no_decay = [p for p in trained if p.dim() < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr_at(0), betas=tuple(s.betas), fused=False, foreach=False,
@@ -479,6 +493,7 @@ class Trainer:
             self.log_path.write_text("")
             (self.out_dir / "settings.json").write_text(json.dumps(
                 {**asdict(s), "schedule": str(self.schedule), "params": self.n_params, "flops_params": self.n_flops,
+                 "flops_per_token": self.per_token, "trainable_params": sum(p.numel() for p in trained),
                  "processes": self.world}, indent=2))
         if self.start == 0 and self.ev_offsets is not None:
             self.first_eval = self.evaluate()
@@ -523,7 +538,7 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise WarmstartError(f"training diverged at step {n} (loss {train_loss}); lower the learning rate",
                                  self.out_dir)
-        row = {"step": n, "tokens": n * self.tokens_per_step, "flops": 6.0 * self.n_flops * n * self.tokens_per_step,
+        row = {"step": n, "tokens": n * self.tokens_per_step, "flops": self.per_token * n * self.tokens_per_step,
                "time": round(self.elapsed, 4), "lr": lr, "train_loss": train_loss}
         if self.distill is not None:
             row["teacher_flops"] = self.distill.flops(n * self.tokens_per_step)
@@ -555,6 +570,21 @@ class Trainer:
         if s.checkpoint_every and n % s.checkpoint_every == 0 and n < s.steps:
             _save_state(self.acc, self.out_dir, {"step": n, "time": self.elapsed})
 
+    def release(self) -> None:
+        """Forget this run's model and optimizer in the (shared) Accelerator.
+
+        Accelerate keeps every prepared object and ``save_state``/``load_state``
+        handle all of them by index: without this, a bench process training
+        one arm after another would hold every earlier arm's model in memory,
+        write them all into each later arm's resume state, and resume an arm
+        from the wrong file.
+        """
+        acc = self.acc
+        for attr, obj in (("_models", getattr(self, "net", None)), ("_optimizers", getattr(self, "opt", None))):
+            kept = getattr(acc, attr, None)
+            if isinstance(kept, list) and obj is not None:
+                kept[:] = [o for o in kept if o is not obj]
+
     # -- finish ---------------------------------------------------------------
     def finish(self, save_final: bool) -> TrainResult:
         """The final model, the result record; the resumable state is no longer needed."""
@@ -570,7 +600,7 @@ class Trainer:
             first_eval = next((r["eval_loss"] for r in rows if r.get("eval_loss") is not None), None)
         result = TrainResult(
             out_dir=self.out_dir, log_path=self.log_path, final_dir=final_dir, steps=s.steps,
-            tokens=s.steps * self.tokens_per_step, flops=6.0 * self.n_flops * s.steps * self.tokens_per_step,
+            tokens=s.steps * self.tokens_per_step, flops=self.per_token * s.steps * self.tokens_per_step,
             time=self.elapsed, params=self.n_params, flops_params=self.n_flops, final_eval_loss=self.last_eval,
             first_eval_loss=first_eval, resumed_from=self.resumed_from, saved=self.saved,
             teacher_flops=0.0 if self.distill is None else self.distill.flops(s.steps * self.tokens_per_step),
