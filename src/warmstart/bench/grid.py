@@ -141,10 +141,10 @@ def markdown_lines(recipe, grid: dict, seeds: int) -> list[str]:
     ref = recipe.target.arm if recipe.target.loss is None else None
     tried = {name: tuple(c["lrs"]) for name, c in grid.items()}
     unequal = sorted(n for n in tried if ref in tried and tried[n] != tried[ref])
-    if untuned:
-        lines.append(f"Not tuned (one learning rate each): {', '.join(f'`{n}`' for n in untuned)}.")
-    if unequal or (ref is not None and ref in untuned and grid):
-        lines.append(f"**Note: unequal tuning effort**: the reference `{ref}` did not try the same rates as "
-                     + ", ".join(f"`{n}`" for n in (unequal or list(grid))) + ".")
     lines.append("")
+    if untuned:
+        lines += [f"Not tuned (one learning rate each): {', '.join(f'`{n}`' for n in untuned)}.", ""]
+    if unequal or (ref is not None and ref in untuned and grid):
+        lines += [f"**Note: unequal tuning effort**: the reference `{ref}` did not try the same rates as "
+                  + ", ".join(f"`{n}`" for n in (unequal or list(grid))) + ".", ""]
     return lines

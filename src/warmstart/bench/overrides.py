@@ -70,8 +70,8 @@ def parse_override(item) -> Override:
             raise OverrideError(f"--set {item}: give KEY=VALUE (e.g. --set train.tokens=4194304)")
         key, raw = item.split("=", 1)
         try:
-            value = _numbers(parse_yaml(raw)) if raw.strip() else ""
-        except SpecError as err:
+            value = _numbers(parse_yaml(raw, None, OverrideError)) if raw.strip() else ""
+        except OverrideError as err:
             raise OverrideError(f"--set {item}: the value is {err.message}") from None
     else:
         raise OverrideError(f"--set: expected KEY=VALUE, got {item!r}")
@@ -179,7 +179,7 @@ def blame(message: str, touched: list[tuple[Override, list[str]]]) -> str:
             if field == p or field.startswith(p + ".") or field.startswith(p + "[") or \
                     p.startswith(field + ".") or p.startswith(field + "["):
                 d = len(p)
-                if d > depth:
+                if d >= depth:  # the most specific path; of equals, the last flag (its value is the one set)
                     best, depth = o, d
     if best is not None:
         return f"{best.flag}: {message}"
