@@ -226,6 +226,7 @@ def test_set_changes_the_recipe(setup):
     assert R.load(path).seeds == 1
     r = R.load(path, {"seeds": 4, "arms.scratch.lrs": [1e-3]})
     assert r.seeds == 4 and r.arm("scratch").lrs == [1e-3] and r._overrides == ("seeds=4", "arms.scratch.lrs=[0.001]")
+    assert [a.name for a in R.load(path, ["arms.ckpt=null"]).arms] == ["scratch"]  # an arm left out
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -236,8 +237,9 @@ def test_set_changes_the_recipe(setup):
     ("arms.ckpt.lr=-1", "--set arms.ckpt.lr=-1: arms[1].lr: Input should be greater than 0"),
     ("train.tokens=8", "--set train.tokens=8: train.tokens: 8 tokens is smaller than one batch"),
     ("arms.*.distill.alpha=0.5", "--set arms.*.distill.alpha=0.5: no entry has distill, so it sets nothing"),
-    ("model.hidden.x=1", "--set model.hidden.x=1: model.hidden is a int, not a mapping of fields"),
+    ("model.hidden.x=1", "--set model.hidden.x=1: model.hidden is the value 16, not a mapping of fields"),
     ("lr_grid=[1e-3", "--set lr_grid=[1e-3: the value is not valid YAML"),
+    ("arms.scratch=null", "with --set seeds=2 --set arms.scratch=null: target.arm: no arm named 'scratch'"),
 ])
 def test_bad_set_is_one_line_exit_2_nothing_written(setup, capsys, flag, message):
     tmp, path = setup

@@ -11,7 +11,7 @@ A key is a dotted path into the recipe's mapping, applied to the YAML data
 schema and its cross-field checks. Arms (a list in the recipe) are addressed
 by name (``arms.prune.lr``), by index (``arms.2.lr``) or all at once
 (``arms.*.tokens``). A value is read as YAML (``3``, ``1e-3``, ``[1e-3, 3e-3]``,
-``{alpha: 0.5}``, ``null`` to remove a key). Setting ``steps`` removes the
+``{alpha: 0.5}``, ``null`` to remove a key, or an arm: ``arms.scratch_kd=null``). Setting ``steps`` removes the
 ``tokens`` beside it and the other way round, since a budget is one or the
 other. A bad key or value is one line naming the flag.
 """
@@ -123,17 +123,20 @@ def _set(node, parts: tuple[str, ...], value, where: str, o: Override, paths: li
             if any(isinstance(x, dict) and x.get("name") == name for x in node) and n > 1:
                 head, rest = name, parts[n:]
                 break
-        for i, path in _list_items(node, head, where, o):
+        items = _list_items(node, head, where, o)
+        for i, path in reversed(items):
             if not rest:
                 if value is None:
-                    raise OverrideError(f"{o.flag}: a whole entry of {where} cannot be removed with --set")
-                node[i] = value
-                paths.append(path)
+                    del node[i]  # e.g. arms.scratch_kd=null: run the recipe without that arm
+                    paths.append(where)
+                else:
+                    node[i] = value
+                    paths.append(path)
             else:
                 _set(node[i], rest, value, path, o, paths, wild or head == "*")
         return
     if not isinstance(node, dict):
-        raise OverrideError(f"{o.flag}: {where or 'the recipe'} is a {type(node).__name__}, not a mapping of fields")
+        raise OverrideError(f"{o.flag}: {where or 'the recipe'} is the value {node!r}, not a mapping of fields")
     path = f"{where}.{head}" if where else head
     if not rest:
         if value is None:
