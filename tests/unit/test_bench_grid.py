@@ -146,10 +146,15 @@ def test_grid_runs_every_rate_and_keeps_the_best_median(setup, capsys, monkeypat
 def test_grid_with_jobs_trains_the_same_runs(setup, capsys, one_thread):
     """--jobs 2 trains each (arm, lr) run in a worker; the logs equal a sequential run's."""
     tmp, path = setup
+    data = yaml.safe_load(path.read_text())  # plus a grown arm: its two rates share one grown start
+    data["sources"] = {"one": {"model": {**{k: v for k, v in TARGET.items() if k != "seq_len"}, "layers": 1},
+                               "steps": 4}}
+    data["arms"].append({"name": "stacked", "source": "one", "grow": {"op": "stack", "layers": 2}})
+    path.write_text(yaml.safe_dump(data))
     assert main(["bench", str(path), "--out", str(tmp / "seq"), "--quiet", "--no-cache", "--threads", "1"]) == 0
     assert main(["bench", str(path), "--out", str(tmp / "par"), "--quiet", "--no-cache", "--jobs", "2"]) == 0
     assert "training 2 runs at a time" in capsys.readouterr().out
-    for arm in ("scratch", "ckpt"):
+    for arm in ("scratch", "ckpt", "stacked"):
         for lr in GRID:
             seq = _log(tmp / "seq" / "seed-0" / "arms" / f"{arm}@lr{lr:g}" / "log.jsonl")
             par = _log(tmp / "par" / "seed-0" / "arms" / f"{arm}@lr{lr:g}" / "log.jsonl")

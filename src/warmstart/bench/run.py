@@ -362,7 +362,8 @@ def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads
 
 
 def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
-    """Train every source, then every arm, of every seed, `jobs` at a time in worker processes.
+    """Train every source, then every arm (each rate of its grid), of every seed, `jobs` at a time in worker
+    processes.
 
     Arms depend only on their source, so once the sources exist the arms are
     independent runs: on a CPU with N cores, N single-threaded arms side by
@@ -383,10 +384,19 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
     def done(kind: str, name: str, seed: int) -> bool:
         return (ctx.work / f"seed-{seed}" / f"{kind}s" / name / "result.json").exists()
 
+    runs = [("arm", i, seed, lr) for seed in range(seeds) for i in range(len(r.arms))
+            for lr in G.runs_of(r, r.arms[i]) if not done("arm", G.run_name(r.arms[i].name, lr), seed)]
+    # A grown start (per arm and seed) and a pruned one (per arm) are written by the first run that needs
+    # them; the runs that share it (other learning rates, other seeds) wait for the next phase, so that no
+    # run reads a start another process is still writing.
+    first, rest, starts = [], [], set()
+    for job in runs:
+        arm = r.arms[job[1]]
+        key = ("prune", arm.name) if arm.prune else ("grow", arm.name, job[2]) if arm.grow else None
+        (rest if key is not None and key in starts else first).append(job)
+        starts.add(key)
     phases = [[("source", name, seed, None) for seed in range(seeds) for name in r.sources
-               if name in used and not done("source", name, seed)],
-              [("arm", i, seed, lr) for seed in range(seeds) for i in range(len(r.arms))
-               for lr in G.runs_of(r, r.arms[i]) if not done("arm", G.run_name(r.arms[i].name, lr), seed)]]
+               if name in used and not done("source", name, seed)], first, rest]
     ctx.say(f"training {jobs} runs at a time, {threads} thread(s) each")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         for phase in phases:
