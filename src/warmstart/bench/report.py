@@ -195,6 +195,9 @@ def describe_arm(recipe, arm, chosen_lr: float | None = None) -> dict:
         start = "from scratch"
     elif arm.grow:
         start = f"grown from {origin} by {chain_text(arm)}"
+    elif arm.prune is not None:
+        start = (f"pruned from {origin} to the target shape ({arm.prune.importance} importance, blocks by "
+                 f"{arm.prune.depth_importance or 'block-influence'})")
     else:
         start = f"continues {origin}"
     if arm.shrink_perturb is not None:
@@ -203,6 +206,11 @@ def describe_arm(recipe, arm, chosen_lr: float | None = None) -> dict:
     if grid is not None and chosen_lr is not None:
         training = (f"{steps} steps at peak lr {lr:g} (the best of {', '.join(G.lr_text(x) for x in grid)}), "
                     f"schedule `{schedule}`")
+    if arm.distill is not None:
+        d = arm.distill
+        how = "live" if d.live else f"top-{d.top_k} cached"
+        training += (f", distilled from `{d.teacher or arm.checkpoint}` (alpha {d.alpha:g}, T {d.temperature:g}, "
+                     f"{how}{', norms and biases only' if d.norms_only else ''})")
     return {"start": start, "training": training, "text": f"{start}; {training}"}
 
 
