@@ -259,8 +259,9 @@ def test_report_describes_pruned_and_distilled_arms_and_the_kept_rate():
     from warmstart.bench.report import describe_arm
 
     r = R.parse({"model": TARGET, "train": {"steps": 4, "batch_size": 4, "schedule": "constant"},
-                 "lr_grid": [1e-3, 1e-2], "arms": [{"name": "scratch"}, {"name": "p", "checkpoint": "ck", "prune": {"importance": "magnitude"},
-                           "distill": {"top_k": 8, "alpha": 0.2}}]})
+                 "lr_grid": [1e-3, 1e-2],
+                 "arms": [{"name": "scratch"}, {"name": "p", "checkpoint": "ck", "prune": {"importance": "magnitude"},
+                                                "distill": {"top_k": 8, "alpha": 0.2}}]})
     text = describe_arm(r, r.arms[1], 1e-2)["text"]
     assert text == ("pruned from checkpoint `ck` to the target shape (magnitude importance, blocks by "
                     "block-influence); 4 steps at peak lr 0.01 (the best of 0.001, 0.01), schedule "
