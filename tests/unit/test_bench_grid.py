@@ -219,7 +219,7 @@ def test_grid_fields_are_validated():
 
 
 def test_set_changes_the_recipe(setup):
-    tmp, path = setup
+    _, path = setup
     r = R.load(path, ["seeds=3", "train.tokens=256", "arms.ckpt.lr=2e-3", "arms.*.tokens=128",
                       "lr_grid=[1e-3, 1e-2]", "arms.0.lrs=[5e-4]", "arms.ckpt.checkpoint_flops=null"])
     assert r.seeds == 3

@@ -179,8 +179,7 @@ def blame(message: str, touched: list[tuple[Override, list[str]]]) -> str:
     best, depth = None, -1
     for o, paths in touched:
         for p in paths:
-            if field == p or field.startswith(p + ".") or field.startswith(p + "[") or \
-                    p.startswith(field + ".") or p.startswith(field + "["):
+            if field == p or field.startswith((p + ".", p + "[")) or p.startswith((field + ".", field + "[")):
                 d = len(p)
                 if d >= depth:  # the most specific path; of equals, the last flag (its value is the one set)
                     best, depth = o, d
