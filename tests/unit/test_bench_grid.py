@@ -266,3 +266,28 @@ def test_report_describes_pruned_and_distilled_arms_and_the_kept_rate():
     assert text == ("pruned from checkpoint `ck` to the target shape (magnitude importance, blocks by "
                     "block-influence); 4 steps at peak lr 0.01 (the best of 0.001, 0.01), schedule "
                     "`constant`, distilled from `ck` (alpha 0.2, T 1, top-8 cached)")
+
+
+def test_jobs_phases_keep_shared_starts_apart():
+    """--jobs: the run that writes a pruned or grown start, or a teacher cache, runs before those reading it."""
+    from warmstart.bench.run import run_phases
+
+    r = R.parse({"model": TARGET, "train": {"steps": 4, "batch_size": 4}, "lr_grid": [1e-3, 1e-2],
+                 "sources": {"s": {"model": {**{k: v for k, v in TARGET.items() if k != "seq_len"}, "layers": 1},
+                                   "steps": 2}},
+                 "arms": [{"name": "scratch"},
+                          {"name": "p", "checkpoint": "ck", "prune": {}},
+                          {"name": "g", "source": "s", "grow": {"op": "stack", "layers": 2}},
+                          {"name": "kd", "distill": {"teacher": "t"}},
+                          {"name": "pkd", "checkpoint": "t", "prune": {}, "distill": {}}]})
+    runs = [("arm", i, seed, lr) for seed in range(2) for i in range(5) for lr in (1e-3, 1e-2)]
+    phases = [[(r.arms[i].name, seed, lr) for _, i, seed, lr in p] for p in run_phases(r, runs)]
+    assert phases == [
+        # every scratch run; the first run of p (prunes), of g per seed (grows), of kd (caches the teacher)
+        [("scratch", 0, 1e-3), ("scratch", 0, 1e-2), ("p", 0, 1e-3), ("g", 0, 1e-3), ("kd", 0, 1e-3),
+         ("scratch", 1, 1e-3), ("scratch", 1, 1e-2), ("g", 1, 1e-3)],
+        # the runs reading those; pkd's first run reads kd's teacher cache and prunes its own start
+        [("p", 0, 1e-2), ("g", 0, 1e-2), ("kd", 0, 1e-2), ("pkd", 0, 1e-3),
+         ("p", 1, 1e-3), ("p", 1, 1e-2), ("g", 1, 1e-2), ("kd", 1, 1e-3), ("kd", 1, 1e-2)],
+        [("pkd", 0, 1e-2), ("pkd", 1, 1e-3), ("pkd", 1, 1e-2)],
+    ]

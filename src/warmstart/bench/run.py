@@ -361,6 +361,34 @@ def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads
         raise RuntimeError(err.line()) from None
 
 
+def run_phases(recipe: Recipe, runs: list[tuple]) -> list[list[tuple]]:
+    """Arm runs ``(kind, arm index, seed, lr)`` in phases that `--jobs` runs one after the other.
+
+    A grown start (per arm and seed), a pruned one (per arm) and a teacher's logit cache are written by
+    the first run that needs them; the runs that share one (other learning rates, other seeds, other
+    distilled arms) go to a later phase, so that no run reads a start another process is still writing,
+    and no teacher cache is computed twice.
+    """
+    built: dict[tuple, int] = {}  # what a run writes for others -> the phase of the run that writes it
+    phases: list[list] = []
+    for job in runs:
+        arm = recipe.arms[job[1]]
+        keys = set()
+        if arm.prune:
+            keys.add(("prune", arm.name))
+        if arm.grow:
+            keys.add(("grow", arm.name, job[2]))
+        if arm.distill is not None and not arm.distill.live:
+            d = arm.distill
+            keys.add(("teacher", d.teacher or arm.checkpoint, d.top_k, d.windows))
+        phase = max((built[k] + 1 for k in keys if k in built), default=0)
+        for k in keys:
+            built.setdefault(k, phase)
+        phases += [[] for _ in range(phase + 1 - len(phases))]
+        phases[phase].append(job)
+    return phases
+
+
 def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
     """Train every source, then every arm (each rate of its grid), of every seed, `jobs` at a time in worker
     processes.
@@ -386,17 +414,8 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
 
     runs = [("arm", i, seed, lr) for seed in range(seeds) for i in range(len(r.arms))
             for lr in G.runs_of(r, r.arms[i]) if not done("arm", G.run_name(r.arms[i].name, lr), seed)]
-    # A grown start (per arm and seed) and a pruned one (per arm) are written by the first run that needs
-    # them; the runs that share it (other learning rates, other seeds) wait for the next phase, so that no
-    # run reads a start another process is still writing.
-    first, rest, starts = [], [], set()
-    for job in runs:
-        arm = r.arms[job[1]]
-        key = ("prune", arm.name) if arm.prune else ("grow", arm.name, job[2]) if arm.grow else None
-        (rest if key is not None and key in starts else first).append(job)
-        starts.add(key)
     phases = [[("source", name, seed, None) for seed in range(seeds) for name in r.sources
-               if name in used and not done("source", name, seed)], first, rest]
+               if name in used and not done("source", name, seed)], *run_phases(r, runs)]
     ctx.say(f"training {jobs} runs at a time, {threads} thread(s) each")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         for phase in phases:
