@@ -97,9 +97,15 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=4)
     ap.add_argument("--max-corpus-bytes", type=int, default=2_000_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--experts", type=int, default=UPCYCLE["experts"])
+    ap.add_argument("--top-k", type=int, default=UPCYCLE["top_k"])
+    ap.add_argument("--granularity", type=int, default=UPCYCLE["granularity"],
+                    help="fine-grained experts: exact at the start only while top-k picks one copy of every slice, "
+                         "which training does not keep; with 1 (whole copies) any top-k choice is the dense MLP")
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                     help="arms to train (upcycled and moe-scratch are needed for the ratios)")
     args = ap.parse_args()
+    UPCYCLE.update(experts=args.experts, top_k=args.top_k, granularity=args.granularity)
 
     import torch
     import transformers

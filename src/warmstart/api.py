@@ -380,10 +380,12 @@ verify = compare
 
 def bench(recipe, out, *, seeds: int | None = None, resume: bool = False, force: bool = False,
           device: str = "auto", cache: bool = True, jobs: int = 1, progress: bool = False,
-          figure_formats: Sequence[str] = ()) -> dict:
+          figure_formats: Sequence[str] = (), overrides=()) -> dict:
     """Train a recipe's warm-started and scratch arms side by side; returns results.json's content.
 
-    `figure_formats` ("pdf", "svg") adds vector copies of curves.png.
+    `figure_formats` ("pdf", "svg") adds vector copies of curves.png. `overrides` scale the recipe file
+    before it is validated, as ``--set`` does: ``["train.tokens=4194304", "arms.prune.lr=1e-3"]`` or
+    ``{"train.tokens": 4194304, "seeds": 5}`` (see :mod:`warmstart.bench.overrides`).
     """
     from warmstart.bench import recipe as R
     from warmstart.bench.run import run_bench
@@ -391,5 +393,5 @@ def bench(recipe, out, *, seeds: int | None = None, resume: bool = False, force:
     if seeds is not None and seeds < 1:
         raise WarmstartError(f"--seeds must be at least 1, got {seeds}")
     cpu = {"auto": None, "cpu": True, "gpu": False}[device]
-    return run_bench(R.load(recipe), out, seeds=seeds, resume=resume, force=force, progress=progress, cpu=cpu,
+    return run_bench(R.load(recipe, overrides), out, seeds=seeds, resume=resume, force=force, progress=progress, cpu=cpu,
                      source_cache=cache, jobs=jobs, figure_formats=figure_formats)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -147,6 +147,20 @@ class SourceSpec(Budget):
         return self
 
 
+PeakLR = Annotated[float, Field(gt=0)]
+MAX_GRID = 64  # peak learning rates per arm
+
+
+def _lr_list(v, what: str):
+    if v is None:
+        return v
+    if len(set(v)) != len(v):
+        raise ValueError(f"{what} lists a learning rate twice: {v}")
+    if len(v) > MAX_GRID:
+        raise ValueError(f"{what} has {len(v)} learning rates, more than the limit of {MAX_GRID}")
+    return sorted(v)
+
+
 class ShrinkPerturb(_Strict):
     """"On Warm-Starting Neural Network Training": theta <- shrink * theta + noise * theta_fresh_init."""
 
@@ -185,6 +199,7 @@ class ArmSpec(Budget):
     distill: DistillSpec | None = None
     shrink_perturb: ShrinkPerturb | None = None
     adapter: AdapterArm | None = None  # a LoRA adapter on the checkpoint, the only weights trained
+    lrs: list[PeakLR] | None = Field(default=None, min_length=1)  # this arm's own grid of peak learning rates
     grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
 
     @model_validator(mode="before")
@@ -194,8 +209,15 @@ class ArmSpec(Budget):
             data = {**data, "grow": [data["grow"]], "grow_single": True}
         return data
 
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v):
+        return _lr_list(v, "lrs")
+
     @model_validator(mode="after")
     def _kind(self):
+        if self.lr is not None and self.lrs is not None:
+            raise ValueError("give lr (one peak learning rate) or lrs (a grid), not both")
         if self.source and self.checkpoint:
             raise ValueError("give source or checkpoint, not both")
         if self.grow is not None and not (self.source or self.checkpoint):
@@ -247,8 +269,15 @@ class Recipe(_Strict):
     arms: list[ArmSpec] = Field(min_length=1)
     target: TargetSpec = TargetSpec()
     seeds: int = Field(default=1, gt=0)
+    lr_grid: list[PeakLR] | None = Field(default=None, min_length=1)  # every arm without lr/lrs tries each
     honesty_margin: float = Field(default=0.05, ge=0)  # nats: "clearly below" the source
     _base: Path | None = PrivateAttr(default=None)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())  # the --set flags applied to the file, for the report
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _grid(cls, v):
+        return _lr_list(v, "lr_grid")
 
     @field_validator("corpus")
     @classmethod
@@ -332,11 +361,29 @@ def parse(data: Any, path: str | os.PathLike | None = None) -> Recipe:
     return recipe
 
 
-def load(path: str | os.PathLike) -> Recipe:
+def load(path: str | os.PathLike, overrides=()) -> Recipe:
+    """Read, override (``--set KEY=VALUE``, :mod:`warmstart.bench.overrides`) and validate a recipe file."""
+    from warmstart.bench import overrides as O
+
     p = Path(path)
+    sets = O.parse_overrides(overrides)
     data = load_yaml(p, "recipe file", RecipeError)
-    recipe = parse(data, p)
+    touched = []
+    if sets:
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe is a mapping of fields, got {type(data).__name__}", p)
+        try:
+            data, touched = O.apply(data, sets)
+        except O.OverrideError as err:
+            raise O.OverrideError(err.message, p) from None
+    try:
+        recipe = parse(data, p)
+    except RecipeError as err:
+        if not touched:
+            raise
+        raise O.OverrideError(O.blame(err.message, touched), p) from None
     recipe._base = p.parent  # relative corpus and checkpoint paths are read from the recipe's folder
+    recipe._overrides = tuple(o.text for o in sets)
     return recipe
 
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from warmstart.bench import adapter_arm
+from warmstart.bench import grid as G
 from warmstart.bench import metrics as M
 from warmstart.bench.recipe import grow_chain
 from warmstart.bench.train import default_schedule, read_log
@@ -67,6 +68,7 @@ def seed_metrics(recipe, run: dict, mode: str = "interpolate") -> dict:
         d = m.to_dict()
         d["source"] = a["source"]
         d["log"] = a["log"]
+        d["lr"] = a.get("lr")  # the peak learning rate of this run (the kept one, for a grid arm)
         d["total_flops"] = a["result"]["flops"]
         d["params"] = a["result"]["params"]
         d["teacher_flops"] = float(a["result"].get("teacher_flops") or 0.0)
@@ -170,13 +172,17 @@ def chain_text(arm) -> str:
                       for op, params in grow_chain(arm))
 
 
-def describe_arm(recipe, arm) -> dict:
+def describe_arm(recipe, arm, chosen_lr: float | None = None) -> dict:
     """What an arm ran: its start, its grow chain and its training (steps, peak lr, schedule), in words.
 
     ``start`` and ``training`` are the two halves; ``text`` joins them for report.md and the figure.
+    `chosen_lr`: the rate kept from the arm's learning-rate grid.
     """
     steps = recipe.steps_of(arm, arm.name, recipe.steps)
     lr = arm.lr if arm.lr is not None else (recipe.train.lr if recipe.train.lr is not None else 1e-3)
+    grid = G.lrs_of(recipe, arm)
+    if chosen_lr is not None:
+        lr = chosen_lr
     schedule = arm.schedule if arm.schedule is not None else recipe.train.schedule
     schedule = _value(schedule) if schedule is not None else default_schedule(steps)
     if arm.source:
@@ -195,11 +201,22 @@ def describe_arm(recipe, arm) -> dict:
         start = "from scratch"
     elif arm.grow:
         start = f"grown from {origin} by {chain_text(arm)}"
+    elif arm.prune is not None:
+        start = (f"pruned from {origin} to the target shape ({arm.prune.importance} importance, blocks by "
+                 f"{arm.prune.depth_importance or 'block-influence'})")
     else:
         start = f"continues {origin}"
     if arm.shrink_perturb is not None:
         start += f", then shrink-and-perturb (shrink {arm.shrink_perturb.shrink:g}, noise {arm.shrink_perturb.noise:g})"
     training = f"{steps} steps at peak lr {lr:g}, schedule `{schedule}`"
+    if grid is not None and chosen_lr is not None:
+        training = (f"{steps} steps at peak lr {lr:g} (the best of {', '.join(G.lr_text(x) for x in grid)}), "
+                    f"schedule `{schedule}`")
+    if arm.distill is not None:
+        d = arm.distill
+        how = "live" if d.live else f"top-{d.top_k} cached"
+        training += (f", distilled from `{d.teacher or arm.checkpoint}` (alpha {d.alpha:g}, T {d.temperature:g}, "
+                     f"{how}{', norms and biases only' if d.norms_only else ''})")
     return {"start": start, "training": training, "text": f"{start}; {training}"}
 
 
@@ -232,6 +249,11 @@ def markdown(recipe, results: dict) -> str:
     for name, d in arms.items():
         lines.append(f"- `{name}`: {d['text']}.")
     lines.append("")
+    overrides = getattr(recipe, "_overrides", ())
+    if overrides:
+        lines.append("The recipe file with " + " ".join(f"`--set {o}`" for o in overrides) + ".")
+        lines.append("")
+    lines.extend(G.markdown_lines(recipe, results.get("grid") or {}, seeds))
     for name, src in s["sources"].items():
         ok = name not in s["source_not_beaten"]
         gap = (src["final_eval_loss"] - s["reference_final"]) if s["reference_final"] is not None else math.nan
@@ -450,9 +472,11 @@ def _finite(x) -> bool:
 
 
 def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "interpolate",
-          figure_formats=()) -> dict:
+          figure_formats=(), grid: dict | None = None) -> dict:
     """Compute the metrics and write results.json, report.md and curves.png (and curves.pdf/.svg for the
-    `figure_formats` asked for) into `work`."""
+    `figure_formats` asked for) into `work`. `runs` hold each arm's run at its chosen learning rate; `grid`
+    is :func:`warmstart.bench.grid.choose`'s record of every rate tried."""
+    grid = grid or {}
     per_seed = [seed_metrics(recipe, run, mode) for run in runs]
     for s in per_seed:  # paths relative to the bench directory, which is renamed when done
         for a in s["arms"].values():
@@ -462,9 +486,14 @@ def write(work: Path, recipe, runs: list[dict], data_info: dict, mode: str = "in
     summary = summarize(per_seed)
     best, frac = best_warm(summary, recipe.target.arm if recipe.target.loss is None else None)
     results = {"recipe": recipe.name, "seeds": len(runs), "mode": mode, "data": data_info, "summary": summary,
-               "arms": {a.name: describe_arm(recipe, a) for a in recipe.arms},
+               "arms": {a.name: describe_arm(recipe, a, grid[a.name]["chosen"] if a.name in grid else None)
+                        for a in recipe.arms},
                "best": {"arm": best, "fraction_with_source": frac},
                "per_seed": per_seed}
+    if grid:
+        results["grid"] = G.to_json(grid)
+    if getattr(recipe, "_overrides", ()):
+        results["overrides"] = list(recipe._overrides)
     _write(work / "results.json", json.dumps(_clean(results), indent=2))
     _write(work / "report.md", markdown(recipe, results))
     plot([work / f"curves.{fmt}" for fmt in figure_formats_of(figure_formats)], recipe, runs, results)

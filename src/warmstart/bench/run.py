@@ -7,6 +7,7 @@ Layout of the output directory::
     DIR/seed-K/grown/ARM/                the grown start of a grow arm (an HF directory)
     DIR/seed-K/adapters/ARM/             the initial adapter of an adapter arm (PEFT layout + warmstart_adapter.json)
     DIR/seed-K/arms/ARM/                 each arm's training: log.jsonl, final/, result.json
+    DIR/seed-K/arms/ARM@lrX/             one run of an arm's learning-rate grid (bench/grid.py)
     DIR/report.md, curves.png (and .pdf/.svg if asked), results.json
 
 The work happens in ``.DIR.partial`` next to DIR, renamed to DIR when every
@@ -38,6 +39,7 @@ from warmstart import assets
 from warmstart.arch import open_model
 from warmstart.bench import adapter_arm as AA
 from warmstart.bench import data as D
+from warmstart.bench import grid as G
 from warmstart.bench import metrics as M
 from warmstart.bench import report
 from warmstart.bench import train as T
@@ -256,12 +258,13 @@ def shrink_perturb(shrink: float, noise: float, seed: int):
     return apply
 
 
-def _arm(ctx: Context, index: int, seed: int) -> dict:
-    """Train arm `index` for `seed`; returns its record (log path, result, source cost)."""
+def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
+    """Train arm `index` for `seed` (at peak `lr`, one rate of its grid); returns its record (log path, result,
+    source cost)."""
     r = ctx.recipe
     arm = r.arms[index]
     if arm.adapter is not None:
-        return _adapter_arm(ctx, index, seed)
+        return _adapter_arm(ctx, index, seed, lr)
     main = ctx.data["main"]
     source_dir, source_cost = None, {k: 0.0 for k in M.KEYS}
     if arm.source:
@@ -290,23 +293,26 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
     if arm.shrink_perturb is not None:
         init = shrink_perturb(arm.shrink_perturb.shrink, arm.shrink_perturb.noise, 20_000 + seed)
     kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
+    if lr is not None:
+        kw["lr"] = lr
     distiller = _distiller(ctx, index, start, kw["steps"]) if arm.distill is not None else None
-    out = ctx.work / f"seed-{seed}" / "arms" / arm.name
+    run_name = G.run_name(arm.name, lr)
+    out = ctx.work / f"seed-{seed}" / "arms" / run_name
     run_dir = out
     if arm.kind == "scratch" and init is None and distiller is None and ctx.source_cache is not None and not (out / "result.json").exists():
         key = _hash({"format": SOURCE_FORMAT, "scratch": model, "data": str(main.tokenizer_dir.parent.name),
                      "train": kw})
         cached = ctx.source_cache.parent / "scratch" / key
         if (cached / "result.json").exists():
-            ctx.say(f"arm {arm.name} (seed {seed}): the same scratch run was trained before; reusing it from the "
+            ctx.say(f"arm {run_name} (seed {seed}): the same scratch run was trained before; reusing it from the "
                     "cache")
             _link(cached, out, ctx.accelerator)
         else:
             run_dir = cached
     if not (out / "result.json").exists():
-        ctx.say(f"arm {arm.name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
+        ctx.say(f"arm {run_name} (seed {seed}): training {kw['steps']} steps ({arm.kind})")
     result = T.train(model, main.train, main.val, out_dir=run_dir, resume=True, progress=ctx.progress,
-                   desc=f"{arm.name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
+                   desc=f"{run_name} s{seed}", init_fn=init, extra_files=main.tokenizer_files(),
                    accelerator=ctx.accelerator, distill=distiller, **kw)
     if run_dir != out:
         _link(run_dir, out, ctx.accelerator)
@@ -314,10 +320,10 @@ def _arm(ctx: Context, index: int, seed: int) -> dict:
     if source_cost is not None and source_cost.get("tokens") is None:
         source_cost = {"tokens": math.nan, "flops": source_cost["flops"], "time": math.nan}
     return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": arm.source,
-            "source_cost": source_cost, "log": str(out / "log.jsonl")}
+            "source_cost": source_cost, "log": str(out / "log.jsonl"), "lr": kw["lr"]}
 
 
-def _adapter_arm(ctx: Context, index: int, seed: int) -> dict:
+def _adapter_arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
     """Fine-tune a LoRA adapter on the arm's checkpoint (see :mod:`warmstart.bench.adapter_arm`).
 
     The initialization's calibration passes and seconds are the arm's one-time
@@ -331,17 +337,20 @@ def _adapter_arm(ctx: Context, index: int, seed: int) -> dict:
     else:
         checkpoint = model_path(r, arm.checkpoint)
     kw = _train_kwargs(r, arm, f"arms[{index}]", r.steps, seed, seed)
-    out = ctx.work / f"seed-{seed}" / "arms" / arm.name
-    start_dir = ctx.work / f"seed-{seed}" / "adapters" / arm.name
+    if lr is not None:
+        kw["lr"] = lr
+    run_name = G.run_name(arm.name, lr)
+    out = ctx.work / f"seed-{seed}" / "arms" / run_name
+    start_dir = ctx.work / f"seed-{seed}" / "adapters" / run_name
     start = None
     if not (out / "result.json").exists():
-        ctx.say(f"arm {arm.name} (seed {seed}): initializing a rank-{arm.adapter.rank} {arm.adapter.method} adapter, "
+        ctx.say(f"arm {run_name} (seed {seed}): initializing a rank-{arm.adapter.rank} {arm.adapter.method} adapter, "
                 f"then training {kw['steps']} steps (adapter)")
         start = AA.build(checkpoint, arm.adapter, train_tokens=main.train, seq_len=r.model.seq_len,
                          batch_size=r.train.batch_size, seed=seed, corpus=corpora_of(r)["main"], start_dir=start_dir,
                          accelerator=ctx.accelerator)
     result = T.train(start.model if start is not None else checkpoint, main.train, main.val, out_dir=out,
-                     resume=True, progress=ctx.progress, desc=f"{arm.name} s{seed}", extra_files=main.tokenizer_files(),
+                     resume=True, progress=ctx.progress, desc=f"{run_name} s{seed}", extra_files=main.tokenizer_files(),
                      accelerator=ctx.accelerator, flops_per_token=start.flops_per_token if start is not None else None,
                      **kw)
     if start is not None:
@@ -351,7 +360,7 @@ def _adapter_arm(ctx: Context, index: int, seed: int) -> dict:
     settings = json.loads((out / "settings.json").read_text()) if (out / "settings.json").exists() else {}
     return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": None,
             "source_cost": AA.init_cost(start_dir), "log": str(out / "log.jsonl"),
-            "trainable_params": settings.get("trainable_params")}
+            "trainable_params": settings.get("trainable_params"), "lr": kw["lr"]}
 
 
 def check_starts(ctx: Context) -> None:
@@ -398,7 +407,8 @@ def _check_adapter_arm(ctx: Context, i: int, path: Path, config: dict) -> None:
                           "model: the checkpoint's shape")
 
 
-def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads: int, kind: str, key, seed: int):
+def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads: int, kind: str, key, seed: int,
+         lr: float | None = None):
     """One source or arm, trained in a worker process of `run_bench(jobs=...)`; its outputs go to disk.
 
     The worker re-opens the (cached) data and builds its own single-process
@@ -416,13 +426,42 @@ def _job(recipe: Recipe, work: str, cpu: bool | None, cache: str | None, threads
         if kind == "source":
             _seed_source(ctx, key, seed)
         else:
-            _arm(ctx, key, seed)
+            _arm(ctx, key, seed, lr)
     except WarmstartError as err:  # exceptions with custom constructors do not survive pickling
         raise RuntimeError(err.line()) from None
 
 
+def run_phases(recipe: Recipe, runs: list[tuple]) -> list[list[tuple]]:
+    """Arm runs ``(kind, arm index, seed, lr)`` in phases that `--jobs` runs one after the other.
+
+    A grown start (per arm and seed), a pruned one (per arm) and a teacher's logit cache are written by
+    the first run that needs them; the runs that share one (other learning rates, other seeds, other
+    distilled arms) go to a later phase, so that no run reads a start another process is still writing,
+    and no teacher cache is computed twice.
+    """
+    built: dict[tuple, int] = {}  # what a run writes for others -> the phase of the run that writes it
+    phases: list[list] = []
+    for job in runs:
+        arm = recipe.arms[job[1]]
+        keys = set()
+        if arm.prune:
+            keys.add(("prune", arm.name))
+        if arm.grow:
+            keys.add(("grow", arm.name, job[2]))
+        if arm.distill is not None and not arm.distill.live:
+            d = arm.distill
+            keys.add(("teacher", d.teacher or arm.checkpoint, d.top_k, d.windows))
+        phase = max((built[k] + 1 for k in keys if k in built), default=0)
+        for k in keys:
+            built.setdefault(k, phase)
+        phases += [[] for _ in range(phase + 1 - len(phases))]
+        phases[phase].append(job)
+    return phases
+
+
 def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
-    """Train every source, then every arm, of every seed, `jobs` at a time in worker processes.
+    """Train every source, then every arm (each rate of its grid), of every seed, `jobs` at a time in worker
+    processes.
 
     Arms depend only on their source, so once the sources exist the arms are
     independent runs: on a CPU with N cores, N single-threaded arms side by
@@ -443,18 +482,18 @@ def _run_jobs(ctx: Context, seeds: int, jobs: int, cpu: bool | None) -> None:
     def done(kind: str, name: str, seed: int) -> bool:
         return (ctx.work / f"seed-{seed}" / f"{kind}s" / name / "result.json").exists()
 
-    phases = [[("source", name, seed) for seed in range(seeds) for name in r.sources
-               if name in used and not done("source", name, seed)],
-              [("arm", i, seed) for seed in range(seeds) for i in range(len(r.arms))
-               if not done("arm", r.arms[i].name, seed)]]
+    runs = [("arm", i, seed, lr) for seed in range(seeds) for i in range(len(r.arms))
+            for lr in G.runs_of(r, r.arms[i]) if not done("arm", G.run_name(r.arms[i].name, lr), seed)]
+    phases = [[("source", name, seed, None) for seed in range(seeds) for name in r.sources
+               if name in used and not done("source", name, seed)], *run_phases(r, runs)]
     ctx.say(f"training {jobs} runs at a time, {threads} thread(s) each")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         for phase in phases:
             started = time.perf_counter()
             futures = {pool.submit(_job, r, str(ctx.work), cpu, cache, threads, *job): job for job in phase}
             for fut in cf.as_completed(futures):
-                kind, key, seed = futures[fut]
-                name = key if kind == "source" else r.arms[key].name
+                kind, key, seed, lr = futures[fut]
+                name = key if kind == "source" else G.run_name(r.arms[key].name, lr)
                 try:
                     fut.result()
                 except RuntimeError as err:
@@ -528,12 +567,14 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
         _run_jobs(ctx, seeds, jobs, cpu)
 
     runs: list[dict] = []
+    grid_runs: list[dict] = []  # per seed: {arm: {lr: record}}, every run of every arm's grid
     for seed in range(seeds):
-        arms = {}
+        by_lr = {}
         ref = recipe.target.arm if recipe.target.loss is None else None
         order = sorted(range(len(recipe.arms)), key=lambda i: recipe.arms[i].name != ref)  # the reference first
         for i in order:
-            arms[recipe.arms[i].name] = _arm(ctx, i, seed)
+            by_lr[recipe.arms[i].name] = {lr: _arm(ctx, i, seed, lr) for lr in G.runs_of(recipe, recipe.arms[i])}
+        grid_runs.append(by_lr)
         sources = {}
         for name in recipe.sources:
             d = work / f"seed-{seed}" / "sources" / name
@@ -542,14 +583,18 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
                 sources[name] = {"final_eval_loss": res["final_eval_loss"], "flops": res["flops"],
                                  "tokens": res["tokens"], "time": res["time"], "log": str(d / "log.jsonl"),
                                  "params": res["params"]}
-        runs.append({"seed": seed, "arms": arms, "sources": sources})
+        runs.append({"seed": seed, "arms": None, "sources": sources})
 
     results = None
     if acc.is_main_process:
+        # Each grid arm at the learning rate with its lowest median final loss; the target follows from it.
+        choice = G.choose(recipe, grid_runs)
+        for run, arms in zip(runs, G.chosen_runs(recipe, grid_runs, choice)):
+            run["arms"] = arms
         results = report.write(work, recipe, runs, data_info={"train_tokens": int(len(main.train)),
                                                               "val_tokens": int(len(main.val)),
                                                               "vocab_size": main.vocab_size},
-                               figure_formats=figure_formats)
+                               figure_formats=figure_formats, grid=choice)
         if work != final:
             swap_in(work, final)
         # Paths inside results now point into the final directory.
@@ -560,16 +605,16 @@ def run_bench(recipe: Recipe, out, *, seeds: int | None = None, resume: bool = F
 
 def _compatible(theirs: dict, mine: dict, work: Path) -> None:
     """A resumed run may add arms, sources or seeds and change the target; what was trained must be unchanged."""
-    loose = ("seeds", "arms", "sources", "target", "name")
+    loose = ("seeds", "arms", "sources", "target", "name", "lr_grid")  # a grid's runs are named by their rate
     a = {k: v for k, v in theirs.items() if k not in loose}
     b = {k: v for k, v in mine.items() if k not in loose}
     if a != b:
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise WarmstartError(f"the recipe's {', '.join(keys)} differ from the run being resumed (use --force to start "
                              "over)", work)
-    old = {arm["name"]: arm for arm in theirs.get("arms", [])}
+    old = {arm["name"]: {k: v for k, v in arm.items() if k != "lrs"} for arm in theirs.get("arms", [])}
     for i, arm in enumerate(mine.get("arms", [])):
-        if arm["name"] in old and old[arm["name"]] != arm:
+        if arm["name"] in old and old[arm["name"]] != {k: v for k, v in arm.items() if k != "lrs"}:
             raise WarmstartError(f"arms[{i}] ({arm['name']}) differs from the arm of that name in the run being "
                                  "resumed (rename it or use --force)", work)
     for name, src in mine.get("sources", {}).items():

@@ -18,11 +18,17 @@ def register(sub) -> None:
                                    "and time to the target loss. Writes report.md, curves.png and results.json.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=examples("warmstart bench recipes/tiny.yaml runs/tiny",
-                                       "warmstart bench recipes/demo.yaml runs/demo --seeds 3 --jobs 2 --resume"))
+                                       "warmstart bench recipes/demo.yaml runs/demo --seeds 3 --jobs 2 --resume",
+                                       "warmstart bench recipes/prune_distill.yaml runs/pd --device gpu "
+                                       "--set train.tokens=4194304 --set arms.prune.tokens=1048576"))
     p.add_argument("recipe", help="recipe YAML file (see recipes/)")
     p.add_argument("out", nargs="?", help="output directory (written as .OUT.partial, renamed when done)")
     p.add_argument("--out", dest="out_flag", help=argparse.SUPPRESS)  # the grammar before OUT was positional
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the recipe's, else 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one field of the recipe before it is validated (repeatable): a dotted key, arms "
+                        "by name or * (train.tokens=4194304, arms.prune.lr=1e-3, lr_grid=[1e-3,3e-3], "
+                        "arms.*.tokens=1048576); a value is YAML, null removes the field")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: finished arms are skipped, an interrupted arm goes on from "
                         "its last checkpoint")
@@ -52,7 +58,7 @@ def run(args) -> int:
     set_threads(args.threads)
     results = api.bench(args.recipe, out, seeds=args.seeds, resume=args.resume, force=args.force, device=args.device,
                         cache=not args.no_cache, jobs=args.jobs, progress=not args.quiet,
-                        figure_formats=args.figure_format or ())
+                        figure_formats=args.figure_format or (), overrides=args.overrides)
     if results is not None:
         if args.json:
             print(json.dumps(results, indent=2, default=str))
