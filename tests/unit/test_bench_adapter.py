@@ -282,3 +282,25 @@ def test_the_shipped_adapter_recipes_parse():
         assert r.target.arm == "default" and methods[0] == "default" and r.seeds == 3
         assert {"pissa", "olora", "nlora", "eva", "lora-ga", "lora-sb", "gaussian", "init-b"} <= set(methods)
         assert len({(a.adapter.rank, a.adapter.targets[0]) for a in r.arms}) == 1  # the same rank and targets
+
+
+def test_adapter_arms_on_a_learning_rate_grid(setup, capsys, one_thread):
+    """Adapter arms take the recipe's lr_grid like every arm: one run per rate, each at its own peak, the kept
+    rate being the one with the lower final held-out loss (checked from the runs' own logs)."""
+    from warmstart.bench.train import read_log
+
+    tmp, path, _, data = setup
+    data = {**data, "arms": data["arms"][:2], "lr_grid": [1e-3, 1e-2]}
+    data["train"] = {k: v for k, v in data["train"].items() if k != "lr"}
+    path.write_text(yaml.safe_dump(data))
+    out = tmp / "grid"
+    assert main(["bench", str(path), str(out), "--quiet"]) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("default", "pissa"):
+        finals = {}
+        for lr in ("0.001", "0.01"):
+            rows = read_log(out / "seed-0" / "arms" / f"{arm}@lr{lr}" / "log.jsonl")
+            assert max(r["lr"] for r in rows) == pytest.approx(float(lr))
+            finals[float(lr)] = [r for r in rows if r.get("eval_loss") is not None][-1]["eval_loss"]
+            assert (out / "seed-0" / "adapters" / f"{arm}@lr{lr}" / "warmstart_adapter.json").is_file()
+        assert results["grid"][arm]["chosen"] == pytest.approx(min(finals, key=finals.get))
