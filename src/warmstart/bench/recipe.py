@@ -179,6 +179,7 @@ class ArmSpec(Budget):
     prune: PruneSpec | None = None
     distill: DistillSpec | None = None
     shrink_perturb: ShrinkPerturb | None = None
+    init: Literal["default", "lsuv"] = "default"  # scratch arms: transformers' init, or LSUV (bench/scratch_init.py)
     grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
 
     @model_validator(mode="before")
@@ -198,6 +199,8 @@ class ArmSpec(Budget):
             raise ValueError("prune needs a source or a checkpoint to prune")
         if self.prune is not None and self.grow is not None:
             raise ValueError("give grow or prune, not both")
+        if self.init != "default" and (self.source or self.checkpoint):
+            raise ValueError(f"init {self.init} is for scratch arms (no source or checkpoint)")
         if self.distill is not None and self.distill.teacher is None and not self.checkpoint:
             raise ValueError("distill needs a teacher (distill.teacher) when the arm has no checkpoint")
         return self
