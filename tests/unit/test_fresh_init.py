@@ -163,3 +163,16 @@ def test_corpus_without_lsuv_is_refused(tmp_path, capsys):
                  "--corpus", str(corpus)])
     assert code == 2 and "lsuv" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("init", ["idinit", "lsuv"])
+def test_scaled_inits_refused_where_a_norm_follows_the_projection(tmp_path, capsys, init):
+    from warmstart.tiny_families import build
+
+    src = build("olmo2", tmp_path / "olmo2")  # a norm behind o_proj and down_proj: it would undo any scale
+    code = main(["grow", str(src), str(tmp_path / "out"), "--layers", "8", "--depth-method", "expand",
+                 "--new-block-init", init])
+    assert code == 2 and "undoes it" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["grow", str(src), str(tmp_path / "zero"), "--layers", "8", "--depth-method", "expand",
+                 "--quiet"]) == 0

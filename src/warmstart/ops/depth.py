@@ -292,8 +292,9 @@ def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float =
                          src)
     layer_map, new = expand_map(L, n)
     scales = None
-    if init.needs_data:
+    if not init.exact:
         check_scalable(model, init.name)
+    if init.needs_data:
         scales = _check_scales(model, lsuv_scales, sorted(new), init.name)
     elif lsuv_scales is not None:
         raise ParamError("lsuv_scales", f"lsuv_scales are for new_block_init lsuv, not {init.name}", src)
@@ -334,10 +335,11 @@ def _check_scales(model, lsuv_scales, new_layers: list[int], name: str) -> dict[
 
 
 def check_scalable(model, name: str) -> None:
-    """Refuse a scaled init where a norm behind the output projections (Gemma 2/3, OLMo 2) cancels the scale."""
+    """Refuse a scaled init where a norm behind the output projections (Gemma 2/3, OLMo 2) undoes the scale:
+    the branch would output the norm's own scale instead of a small one."""
     if model.layout.has("norm_attn_out.weight", 0) or model.layout.has("norm_mlp_out.weight", 0):
-        raise ParamError("new_block_init", f"{name} scales the output projections, but {model.family.name} has a "
-                         "norm behind them that cancels any scale; use zero or idinit", _src(model))
+        raise ParamError("new_block_init", f"{name} sets the scale of the output projections, but "
+                         f"{model.family.name} has a norm behind them that undoes it; use zero", _src(model))
 
 
 @register("layer_map", "depth", "any layer map, e.g. 0-5,0-5,3,4")
