@@ -152,12 +152,13 @@ def main() -> None:
     summary = {"source": {"params": src.params, "final_eval_loss": src.final_eval_loss, "steps": args.source_steps},
                "args": vars(args), "arms": {}}
     lines = ["| new blocks | held-out loss at step 0 | final held-out loss | steps to zero's final loss "
-             "(per seed) | over zero's own steps to it (median of per-seed ratios) | calibration FLOPs / "
-             "training FLOPs |", "|---|---|---|---|---|---|"]
+             "(per seed) | over zero's own steps to it (median of per-seed ratios) | final minus zero's final "
+             "(per seed) | calibration FLOPs / training FLOPs |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
         runs = results[arm]
-        reach, ratios = [], []
+        reach, ratios, diffs = [], [], []
         for a, z in zip(runs, results.get("zero", runs)):
+            diffs.append(a["final"] - z["final"])
             reach.append(cost_to_target(a["rows"], z["final"], "step"))
             ratios.append(reach[-1] / cost_to_target(z["rows"], z["final"], "step") if reach[-1] != INF else INF)
         first, final = median([r["first"] for r in runs]), median([r["final"] for r in runs])
@@ -167,9 +168,11 @@ def main() -> None:
         summary["arms"][arm] = {"first": first, "final": final, "finals": [r["final"] for r in runs],
                                 "steps_to_zero_final": reach, "median_steps_to_zero_final": med_reach,
                                 "over_zero_steps": ratios, "median_over_zero_steps": frac,
+                                "final_minus_zero": diffs,
                                 "calib_over_train_flops": calib}
         lines.append(f"| {arm} | {first:.4f} | {final:.4f} | {fmt(med_reach, '.0f')} "
                      f"({', '.join(fmt(x, '.0f') for x in reach)}) | {fmt(frac, '.2f')} | "
+                     f"{median(diffs):+.4f} ({', '.join(f'{x:+.4f}' for x in diffs)}) | "
                      f"{calib:.4f} |")
     print()
     print(f"source: {src.params:,} params, {args.layers} layers, {args.source_steps} steps, eval loss "
