@@ -52,7 +52,7 @@ def register(sub) -> None:
     add_width_args(w)
     w.add_argument("--width-mult", type=float, metavar="K", help="multiply every width by K (hyperclone: integer)")
     w.add_argument("--noise-snr-db", type=float, help="symmetry-breaking noise, signal-to-noise ratio in dB")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the width operators (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the width operators and of lsuv's matrices (default 0)")
     p.add_argument("--optimizer-state", metavar="FILE",
                    help="AdamW state of the source to carry over (see docs/grow.md for the format); written as "
                         "OUT/optimizer_state.safetensors")
