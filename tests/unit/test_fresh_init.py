@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -82,7 +83,8 @@ def _tokens(model_dir, text, start):
 
 
 def _branch_ratios(path, tokens, blocks):
-    """std(branch output) / std(residual stream it reads), over every token and channel, from hooks."""
+    """Typical token RMS of each new branch's output over that of the residual stream it reads, from hooks:
+    the median over tokens of each token's RMS over channels."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -90,8 +92,8 @@ def _branch_ratios(path, tokens, blocks):
 
     def keep(key, pre):
         def hook(mod, *a):
-            x = (a[0][0] if pre else a[1]).detach().double().flatten()
-            seen.setdefault(key, []).append(x)
+            x = (a[0][0] if pre else a[1]).detach().double()
+            seen.setdefault(key, []).append(x.reshape(-1, x.shape[-1]))
         return hook
 
     hs = []
@@ -106,8 +108,8 @@ def _branch_ratios(path, tokens, blocks):
             lm(input_ids=batch)
     for h in hs:
         h.remove()
-    std = {k: float(torch.cat(v).std(unbiased=False)) for k, v in seen.items()}
-    return {(j, b): std[j, b, "out"] / std[j, b, "stream"] for j in blocks for b in ("attn", "mlp")}
+    scale = {k: float(np.median(torch.cat(v).norm(dim=-1).numpy() / v[0].shape[-1] ** 0.5)) for k, v in seen.items()}
+    return {(j, b): scale[j, b, "out"] / scale[j, b, "stream"] for j in blocks for b in ("attn", "mlp")}
 
 
 def test_lsuv_sets_each_new_branch_to_the_target_std(tmp_path):

@@ -38,13 +38,15 @@ def register(sub) -> None:
     d.add_argument("--new-block-init", choices=FRESH.names(), default=None,
                    help="expand: output projections of the new blocks: zero (exact, default), idinit "
                         "(IDInit's eps-scaled identity-like matrix, not exact) or lsuv (orthogonal, scaled on "
-                        "--corpus so each new branch outputs --lsuv-target x the residual stream's std; not exact)")
+                        "--corpus so each new branch's typical token RMS is --lsuv-target x the residual stream's; "
+                        "not exact)")
     d.add_argument("--corpus", nargs="+", metavar="FILE", help="lsuv: calibration text files or folders")
     d.add_argument("--batches", type=int, default=8, help="lsuv: calibration batches (default 8)")
     d.add_argument("--batch-size", type=int, default=4, help="lsuv: sequences per batch (default 4)")
     d.add_argument("--seq-len", type=int, default=256, help="lsuv: tokens per sequence (default 256)")
     d.add_argument("--lsuv-target", type=float, metavar="R",
-                   help="lsuv: each new branch's output std over the residual stream's (default 0.05)")
+                   help="lsuv: each new branch's typical token RMS (median over tokens) over the residual "
+                        "stream's (default 0.05)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")

@@ -18,8 +18,8 @@ computed one tensor at a time.
   branch: the output projection starts as a random orthogonal matrix (seeded
   by the block and role, so the calibration and the write build the same one)
   times a scale measured beforehand on a calibration corpus
-  (:mod:`warmstart.ops.lsuv`), so that the branch's output std is a chosen
-  fraction of the residual stream's std at that depth. The plan receives the
+  (:mod:`warmstart.ops.lsuv`), so that the branch's output scale (a typical
+  token's RMS) is a chosen fraction of the residual stream's at that depth. The plan receives the
   measured scales as a parameter, as importance pruning receives its kept
   indices. Not exact.
 
@@ -158,7 +158,7 @@ LSUV_ROLES = ("attn.o.weight", "mlp.down.weight")
 
 @register("lsuv", exact=False, needs_data=True,
           summary="LSUV for a residual branch: random orthogonal output projections scaled on a calibration corpus "
-                  "so each branch's output std is a set fraction of the residual stream's (not exact)")
+                  "so each branch's typical token RMS is a set fraction of the residual stream's (not exact)")
 def lsuv(shape, dtype, *, layer: int | None = None, role: str | None = None, scales: dict | None = None,
          seed: int = 0, **_):
     if len(shape) != 2 or role not in LSUV_ROLES:  # biases and norm biases of the branch stay zero

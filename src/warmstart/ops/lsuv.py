@@ -7,13 +7,14 @@ into a trained residual network must not output unit variance: its branches
 add to a residual stream whose scale the trained blocks expect. So here LSUV
 is applied to the *last layer of each residual branch* of the new block (the
 attention output and MLP down projections), with the target set relative to
-the stream: each branch's output std is ``target`` times the std of the
-residual stream the branch reads (std over every token and channel of the
-calibration batches). The default target is 0.05: small enough that the
-model stays near the source's function (two branches of 5% add about 7% of
-the stream's std per new block, in random directions), large enough that every
-weight of the new block gets a gradient from the first step (with zero output
-projections only those projections do).
+the stream: each branch's output scale is ``target`` times the scale of the
+residual stream the branch reads. A scale is that of a typical token, the
+median over the calibration tokens of each token's RMS over channels (see
+:class:`TokenScale` for why not the std over every entry). The default target
+is 0.05: small enough that the model stays near the source's function, large
+enough that every weight of the new block gets a gradient from the first step
+(with zero output projections only those projections do); docs/fresh.md has
+the measurements behind it.
 
 The pass loads the source model (like importance pruning) and runs the grown
 model without writing it: a forward hook on each source block that is
@@ -23,7 +24,7 @@ projections replaced by the seeded orthogonal matrices of
 they will see in the grown model. New blocks are measured in depth order,
 the attention projection before the MLP's (whose input depends on it). A
 branch's output is linear in its projection's scale and its input does not
-depend on it, so one pass per projection sets the std exactly on the
+depend on it, so one pass per projection sets the scale exactly on the
 calibration data (LSUV's iteration would stop after one step); each pass
 stops right after the projection it measures.
 """
@@ -47,7 +48,7 @@ class LsuvScales:
 
     new_layers: list[int]
     scales: list[list[float]]
-    residual_std: list[list[float]]  # std of the stream each branch reads
+    residual_scale: list[list[float]]  # typical token RMS of the stream each branch reads
     target: float
     tokens: int
     seconds: float
@@ -58,19 +59,26 @@ class _Stop(Exception):
     """Raised by a hook once the projection being measured has run: the rest of the forward is not needed."""
 
 
-class _Moments:
+class TokenScale:
+    """The scale of a typical token: the median over tokens of each token's RMS over channels.
+
+    Not the std over every entry: trained LLMs carry massive activations
+    ("Massive Activations in Large Language Models"), a few tokens whose
+    residual norm is 100x the others' (SmolLM2-135M, block 20: median token
+    RMS 9.2, std over all entries 127), and a branch scaled to the latter
+    would swamp every ordinary token.
+    """
+
     def __init__(self):
-        self.n, self.s, self.ss = 0, 0.0, 0.0
+        self.parts: list = []
 
     def add(self, x):
-        x = x.detach().double()
-        self.n += x.numel()
-        self.s += float(x.sum())
-        self.ss += float((x * x).sum())
+        self.parts.append(x.detach().double().pow(2).mean(dim=-1).sqrt().flatten())
 
-    def std(self) -> float:
-        mean = self.s / self.n
-        return max(self.ss / self.n - mean * mean, 0.0) ** 0.5
+    def value(self) -> float:
+        import torch
+
+        return float(torch.quantile(torch.cat(self.parts), 0.5))
 
 
 def _inserted_after(layer_map: list[int], new_layers: list[int]) -> dict[int, list[int]]:
@@ -148,13 +156,13 @@ def measure_scales(model_dir, tokens, layer_map: list[int], new_layers: list[int
 
     residual_roles = {"attn.o.weight": "norm_attn.weight", "mlp.down.weight": "norm_mlp.weight"}
     scales = {j: [0.0, 0.0] for j in new_layers}
-    stream_std = {j: [0.0, 0.0] for j in new_layers}
+    stream_scale = {j: [0.0, 0.0] for j in new_layers}
     handles = [blocks[s].register_forward_hook(run_inserted(s), with_kwargs=True) for s in after]
     try:
         for j in sorted(new_layers):
             s = layer_map[j]
             for k, role in enumerate(LSUV_ROLES):
-                out_m, res_m = _Moments(), _Moments()
+                out_m, res_m = TokenScale(), TokenScale()
 
                 def on_out(mod, args, output):
                     out_m.add(output)
@@ -166,7 +174,7 @@ def measure_scales(model_dir, tokens, layer_map: list[int], new_layers: list[int
                 norm_rel = _relative(model, residual_roles[role], s)
                 reader = copies[j].get_submodule(norm_rel) if norm_rel is not None else copies[j]
                 with torch.no_grad():
-                    proj[j, role].weight.copy_(unit[j, role])  # scale 1: the output std is the unit std
+                    proj[j, role].weight.copy_(unit[j, role])  # at scale 1 the output's scale is the unit's
                 local = [proj[j, role].register_forward_hook(on_out),
                          reader.register_forward_pre_hook(on_stream, with_kwargs=True)]
                 try:
@@ -179,7 +187,7 @@ def measure_scales(model_dir, tokens, layer_map: list[int], new_layers: list[int
                 finally:
                     for h in local:
                         h.remove()
-                u, r = out_m.std(), res_m.std()
+                u, r = out_m.value(), res_m.value()
                 if not u > 0:
                     raise WarmstartError(f"lsuv: the {role} branch of new block {j} outputs zeros on the "
                                          "calibration batches; cannot scale it", model.checkpoint.path)
@@ -187,12 +195,12 @@ def measure_scales(model_dir, tokens, layer_map: list[int], new_layers: list[int
                 with torch.no_grad():
                     proj[j, role].weight.mul_(scale)
                 scales[j][k] = scale
-                stream_std[j][k] = r
+                stream_scale[j][k] = r
     finally:
         for h in handles:
             h.remove()
     order = sorted(new_layers)
-    return LsuvScales(order, [scales[j] for j in order], [stream_std[j] for j in order], float(target),
+    return LsuvScales(order, [scales[j] for j in order], [stream_scale[j] for j in order], float(target),
                       int(tokens.numel()), time.perf_counter() - start)
 
 
@@ -224,5 +232,5 @@ def calibrate_grow(src, steps: list[tuple[str, dict]], *, corpus, batches: int, 
                               seed=params.get("seed", 0))
     params["lsuv_scales"] = [[float(f"{v:.6g}") for v in pair] for pair in measured.scales]  # 1e-6: readable
     measured.notes.append(f"lsuv calibration: {measured.tokens} tokens ({batches} batches of {batch_size} x "
-                          f"{seq_len}), target branch std = {target:g} x residual std, took {measured.seconds:.2f} s")
+                          f"{seq_len}), each new branch's typical token RMS = {target:g} x the stream's, took {measured.seconds:.2f} s")
     return [("expand", params)], measured
