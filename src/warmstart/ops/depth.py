@@ -82,8 +82,9 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
     """The plan that builds block j from source block layer_map[j].
 
     Blocks listed in `new_layers` get zero residual-output projections (LLaMA
-    Pro), or what `fresh(shape, dtype, layer=j, role=role)` makes (see warmstart.ops.fresh). Tensors outside the blocks are copied as they are, in the source's
-    order; the output blocks take the place of the source's blocks.
+    Pro), or what `fresh(shape, dtype, layer=j, role=role)` makes (see
+    warmstart.ops.fresh). Tensors outside the blocks are copied as they are,
+    in the source's order; the output blocks take the place of the source's blocks.
     """
     ckpt = model.checkpoint
     L = model.dims.layers
