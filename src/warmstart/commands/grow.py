@@ -46,7 +46,7 @@ def register(sub) -> None:
     d.add_argument("--seq-len", type=int, default=256, help="lsuv: tokens per sequence (default 256)")
     d.add_argument("--lsuv-target", type=float, metavar="R",
                    help="lsuv: each new branch's typical token RMS (median over tokens) over the residual "
-                        "stream's (default 0.05)")
+                        "stream's (default 0.02)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
