@@ -166,6 +166,8 @@ def grow_steps(*, layers: int | None = None, depth_method: str | None = None, la
         if depth_method != "expand":
             raise WarmstartError("--new-block-init is for --depth-method expand")
         steps[-1][1]["new_block_init"] = new_block_init
+        if new_block_init == "lsuv":
+            steps[-1][1]["seed"] = seed
     if not steps:
         raise WarmstartError("nothing to do: give --layers with --depth-method, --layer-map, or --width-method")
     return steps
@@ -173,15 +175,37 @@ def grow_steps(*, layers: int | None = None, depth_method: str | None = None, la
 
 def grow(model, out, *, optimizer_state=None, dtype: str | None = None, max_shard_size: str | int | None = "2GB",
          force: bool = False, dry_run: bool = False, progress: bool = False, verify: bool = False,
-         **options) -> ChainResult:
+         corpus: Sequence | None = None, batches: int = 8, batch_size: int = 4, seq_len: int = 256,
+         lsuv_target: float | None = None, **options) -> ChainResult:
     """Grow in width (hyperclone, net2net, aki) and/or depth (stack, interleave, dus, expand, layer_map).
 
     `options` are :func:`grow_steps`'s: ``layers``, ``depth_method``, ``layer_map``, ``dus_overlap``,
     ``width_method``, ``hidden``, ``intermediate``, ``heads``, ``kv_heads``, ``width_mult``,
-    ``noise_snr_db``, ``seed``, ``new_block_init``.
+    ``noise_snr_db``, ``seed``, ``new_block_init``. A ``new_block_init`` that needs data (``lsuv``) is
+    measured first on `corpus` (`batches` of `batch_size` x `seq_len` tokens; ``lsuv_target``: each new
+    branch's typical token RMS over the residual stream's, default 0.02).
     """
-    return chain(model, out, grow_steps(**options), optimizer_state=optimizer_state, dtype=dtype,
-                 max_shard_size=max_shard_size, force=force, dry_run=dry_run, progress=progress, verify=verify)
+    from warmstart.ops.fresh import FRESH
+
+    steps = grow_steps(**options)
+    init = options.get("new_block_init")
+    measured = None
+    if init is not None and FRESH.get(init).needs_data:
+        from warmstart.checkpoint.atomic import check_output
+        from warmstart.ops import lsuv
+        from warmstart.ops.prune import corpus_paths
+
+        check_output(out, force, [model, optimizer_state])
+        steps, measured = lsuv.calibrate_grow(
+            model, steps, corpus=corpus_paths(corpus) if corpus else None, batches=batches, batch_size=batch_size,
+            seq_len=seq_len, target=lsuv.DEFAULT_TARGET if lsuv_target is None else lsuv_target)
+    elif corpus or lsuv_target is not None:
+        raise WarmstartError("--corpus and --lsuv-target are for --new-block-init lsuv")
+    result = chain(model, out, steps, optimizer_state=optimizer_state, dtype=dtype, max_shard_size=max_shard_size,
+                   force=force, dry_run=dry_run, progress=progress, verify=verify)
+    if measured is not None:
+        result.transform.notes.extend(measured.notes)
+    return result
 
 
 def upcycle(model, out, *, before: Sequence[tuple[str, dict] | dict] | None = (), dtype: str | None = None,

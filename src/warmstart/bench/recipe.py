@@ -200,6 +200,7 @@ class ArmSpec(Budget):
     shrink_perturb: ShrinkPerturb | None = None
     adapter: AdapterArm | None = None  # a LoRA adapter on the checkpoint, the only weights trained
     lrs: list[PeakLR] | None = Field(default=None, min_length=1)  # this arm's own grid of peak learning rates
+    init: Literal["default", "lsuv"] = "default"  # scratch arms: transformers' init, or LSUV (bench/scratch_init.py)
     grow_single: bool = Field(default=False, exclude=True)  # grow was written as one mapping
 
     @model_validator(mode="before")
@@ -226,6 +227,8 @@ class ArmSpec(Budget):
             raise ValueError("prune needs a source or a checkpoint to prune")
         if self.prune is not None and self.grow is not None:
             raise ValueError("give grow or prune, not both")
+        if self.init != "default" and (self.source or self.checkpoint):
+            raise ValueError(f"init {self.init} is for scratch arms (no source or checkpoint)")
         if self.distill is not None and self.distill.teacher is None and not self.checkpoint:
             raise ValueError("distill needs a teacher (distill.teacher) when the arm has no checkpoint")
         if self.adapter is not None:

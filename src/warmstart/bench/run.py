@@ -258,6 +258,26 @@ def shrink_perturb(shrink: float, noise: float, seed: int):
     return apply
 
 
+def lsuv_scratch(train_tokens, batch_size: int, seq_len: int, seed: int, cost_path: Path):
+    """LSUV of a scratch model on one calibration batch of the training split (random windows, seeded);
+    its forward passes' cost is written to `cost_path` (see :mod:`warmstart.bench.scratch_init`)."""
+
+    def apply(model):
+        import numpy as np
+        import torch
+
+        from warmstart.bench.scratch_init import lsuv_init
+
+        rng = np.random.default_rng(seed)
+        starts = rng.integers(0, len(train_tokens) - seq_len, size=batch_size)
+        batch = torch.as_tensor(np.stack([np.asarray(train_tokens[s:s + seq_len]) for s in starts]).astype(np.int64))
+        cost = lsuv_init(model, batch.to(next(model.parameters()).device), seed=seed)
+        cost_path.parent.mkdir(parents=True, exist_ok=True)
+        cost_path.write_text(json.dumps(cost))
+
+    return apply
+
+
 def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
     """Train arm `index` for `seed` (at peak `lr`, one rate of its grid); returns its record (log path, result,
     source cost)."""
@@ -298,6 +318,8 @@ def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
     distiller = _distiller(ctx, index, start, kw["steps"]) if arm.distill is not None else None
     run_name = G.run_name(arm.name, lr)
     out = ctx.work / f"seed-{seed}" / "arms" / run_name
+    if arm.init == "lsuv":
+        init = lsuv_scratch(main.train, kw["batch_size"], r.model.seq_len, 30_000 + seed, out / "init_cost.json")
     run_dir = out
     if arm.kind == "scratch" and init is None and distiller is None and ctx.source_cache is not None and not (out / "result.json").exists():
         key = _hash({"format": SOURCE_FORMAT, "scratch": model, "data": str(main.tokenizer_dir.parent.name),
@@ -317,6 +339,9 @@ def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
     if run_dir != out:
         _link(run_dir, out, ctx.accelerator)
     rows = T.read_log(out / "log.jsonl") if ctx.accelerator.is_main_process else []
+    init_cost = out / "init_cost.json"
+    if arm.init != "default" and init_cost.exists():  # LSUV's calibration forwards, counted like a source
+        source_cost = {k: float(v) for k, v in json.loads(init_cost.read_text()).items() if k in M.KEYS}
     if source_cost is not None and source_cost.get("tokens") is None:
         source_cost = {"tokens": math.nan, "flops": source_cost["flops"], "time": math.nan}
     return {"name": arm.name, "kind": arm.kind, "rows": rows, "result": result.to_dict(), "source": arm.source,

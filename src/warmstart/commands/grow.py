@@ -36,8 +36,17 @@ def register(sub) -> None:
     d.add_argument("--dus-overlap", type=int, metavar="K",
                    help="dus: layers dropped at the seam of each copy (output has 2*(L-K) layers)")
     d.add_argument("--new-block-init", choices=FRESH.names(), default=None,
-                   help="expand: output projections of the new blocks: zero (exact, default) or idinit "
-                        "(IDInit's eps-scaled identity-like matrix, not exact)")
+                   help="expand: output projections of the new blocks: zero (exact, default), idinit "
+                        "(IDInit's eps-scaled identity-like matrix, not exact) or lsuv (orthogonal, scaled on "
+                        "--corpus so each new branch's typical token RMS is --lsuv-target x the residual stream's; "
+                        "not exact)")
+    d.add_argument("--corpus", nargs="+", metavar="FILE", help="lsuv: calibration text files or folders")
+    d.add_argument("--batches", type=int, default=8, help="lsuv: calibration batches (default 8)")
+    d.add_argument("--batch-size", type=int, default=4, help="lsuv: sequences per batch (default 4)")
+    d.add_argument("--seq-len", type=int, default=256, help="lsuv: tokens per sequence (default 256)")
+    d.add_argument("--lsuv-target", type=float, metavar="R",
+                   help="lsuv: each new branch's typical token RMS (median over tokens) over the residual "
+                        "stream's (default 0.02)")
     d.add_argument("--layer-map", metavar="SPEC",
                    help="any mapping: output block j copies source block SPEC[j], e.g. 0-5,0-5,3,4")
     w = p.add_argument_group("width")
@@ -45,7 +54,7 @@ def register(sub) -> None:
     add_width_args(w)
     w.add_argument("--width-mult", type=float, metavar="K", help="multiply every width by K (hyperclone: integer)")
     w.add_argument("--noise-snr-db", type=float, help="symmetry-breaking noise, signal-to-noise ratio in dB")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the width operators (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the width operators and of lsuv's matrices (default 0)")
     p.add_argument("--optimizer-state", metavar="FILE",
                    help="AdamW state of the source to carry over (see docs/grow.md for the format); written as "
                         "OUT/optimizer_state.safetensors")
@@ -60,4 +69,5 @@ def run(args) -> int:
                                              "hidden", "intermediate", "heads", "kv_heads", "width_mult",
                                              "noise_snr_db", "seed", "new_block_init")}
     return emit(args, api.grow(args.model, args.out, optimizer_state=args.optimizer_state, verify=args.verify,
-                               **options, **output_options(args)))
+                               corpus=args.corpus, batches=args.batches, batch_size=args.batch_size,
+                               seq_len=args.seq_len, lsuv_target=args.lsuv_target, **options, **output_options(args)))

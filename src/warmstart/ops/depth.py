@@ -82,8 +82,9 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
     """The plan that builds block j from source block layer_map[j].
 
     Blocks listed in `new_layers` get zero residual-output projections (LLaMA
-    Pro), or what `fresh(shape, dtype)` makes (see warmstart.ops.fresh). Tensors outside the blocks are copied as they are, in the source's
-    order; the output blocks take the place of the source's blocks.
+    Pro), or what `fresh(shape, dtype, layer=j, role=role)` makes (see
+    warmstart.ops.fresh). Tensors outside the blocks are copied as they are,
+    in the source's order; the output blocks take the place of the source's blocks.
     """
     ckpt = model.checkpoint
     L = model.dims.layers
@@ -123,7 +124,8 @@ def remap(model, layer_map: list[int], new_layers: set[int] | frozenset[int] = f
                 role = roles.get(name)
                 if new and role is not None and role.role in RESIDUAL_OUTPUT_ROLES:
                     info = ckpt.info(name)
-                    make = fresh(info.shape, info.dtype) if fresh is not None else Zeros(info.shape, info.dtype)
+                    make = (fresh(info.shape, info.dtype, layer=j, role=role.role) if fresh is not None
+                            else Zeros(info.shape, info.dtype))
                     steps.append(Step(out, tuple(info.shape), info.dtype, (), make,
                                       note="new block: fresh residual output", origin=Origin("fresh", Ref(0, name))))
                 else:
@@ -265,7 +267,10 @@ def expand_map(L: int, n: int) -> tuple[list[int], set[int]]:
 
 
 @register("expand", "depth", "LLaMA Pro block expansion: inserted copies with zero output projections (exact, pre-norm)")
-def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float = 1e-6) -> Transform:
+def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float = 1e-6,
+           lsuv_scales: list[list[float]] | None = None, seed: int = 0) -> Transform:
+    """`lsuv_scales`: per new block, in order, the measured scales of its attention output and MLP down
+    projections (:func:`warmstart.ops.lsuv.measure_scales`); `seed` fixes lsuv's random matrices."""
     L = model.dims.layers
     src = _src(model)
     init = fresh_inits.get(new_block_init, src)
@@ -287,6 +292,13 @@ def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float =
         raise ParamError("layers", f"expand cannot guarantee an exact block: tensor {unknown[0]!r} has no known role",
                          src)
     layer_map, new = expand_map(L, n)
+    scales = None
+    if not init.exact:
+        check_scalable(model, init.name)
+    if init.needs_data:
+        scales = _check_scales(model, lsuv_scales, sorted(new), init.name)
+    elif lsuv_scales is not None:
+        raise ParamError("lsuv_scales", f"lsuv_scales are for new_block_init lsuv, not {init.name}", src)
     if init.exact:
         notes = [f"LLaMA Pro: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy of "
                  "the block before it with attention output and MLP down projections set to zero",
@@ -295,9 +307,40 @@ def expand(model, *, layers: int, new_block_init: str = "zero", epsilon: float =
     else:
         notes = [f"LLaMA Pro layout: a new block after every {L // added} blocks ({added} new, {n} layers), each a copy "
                  f"of the block before it with attention output and MLP down projections initialized by "
-                 f"{init.name} (eps {epsilon:g}): {init.summary}"]
+                 f"{init.name}" + ("" if init.needs_data else f" (eps {epsilon:g})") + f": {init.summary}"]
     return remap(model, layer_map, new, op="expand", exact=init.exact, notes=notes,
-                 fresh=lambda shape, dtype: init.make(shape, dtype, eps=epsilon))
+                 fresh=lambda shape, dtype, **where: init.make(shape, dtype, eps=epsilon, scales=scales, seed=seed,
+                                                               **where))
+
+
+def _check_scales(model, lsuv_scales, new_layers: list[int], name: str) -> dict[int, tuple[float, float]]:
+    """{new block: (attention output scale, MLP down scale)} from the list given, validated."""
+    import math
+
+    src = _src(model)
+    if lsuv_scales is None:
+        raise ParamError("lsuv_scales", f"new_block_init {name} needs scales measured on a calibration corpus "
+                         "(grow --new-block-init lsuv --corpus FILES)", src)
+    if not isinstance(lsuv_scales, (list, tuple)) or len(lsuv_scales) != len(new_layers):
+        raise ParamError("lsuv_scales", f"give one [attention, mlp] pair of scales per new block "
+                         f"({len(new_layers)}), got {lsuv_scales!r}", src)
+    out = {}
+    for j, pair in zip(new_layers, lsuv_scales):
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in pair)
+        if not ok:
+            raise ParamError("lsuv_scales", f"scales of new block {j} must be two finite numbers >= 0, got {pair!r}",
+                             src)
+        out[j] = (float(pair[0]), float(pair[1]))
+    return out
+
+
+def check_scalable(model, name: str) -> None:
+    """Refuse a scaled init where a norm behind the output projections (Gemma 2/3, OLMo 2) undoes the scale:
+    the branch would output the norm's own scale instead of a small one."""
+    if model.layout.has("norm_attn_out.weight", 0) or model.layout.has("norm_mlp_out.weight", 0):
+        raise ParamError("new_block_init", f"{name} sets the scale of the output projections, but "
+                         f"{model.family.name} has a norm behind them that undoes it; use zero", _src(model))
 
 
 @register("layer_map", "depth", "any layer map, e.g. 0-5,0-5,3,4")

@@ -59,7 +59,8 @@ class Importance:
 
 
 # -- calibration data -------------------------------------------------------------
-def calibration_tokens(model_dir, files: Sequence, *, batches: int, batch_size: int, seq_len: int):
+def calibration_tokens(model_dir, files: Sequence, *, batches: int, batch_size: int, seq_len: int,
+                       op: str = "prune"):
     """``[batches, batch_size, seq_len]`` token ids of the corpus under the model's own tokenizer.
 
     Files are read in order and joined with the end-of-text token until enough
@@ -69,9 +70,9 @@ def calibration_tokens(model_dir, files: Sequence, *, batches: int, batch_size: 
 
     for name, v in (("batches", batches), ("batch size", batch_size), ("sequence length", seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise WarmstartError(f"prune: {name} must be a positive whole number, got {v!r}")
+            raise WarmstartError(f"{op}: {name} must be a positive whole number, got {v!r}")
     if not files:
-        raise WarmstartError("prune: no calibration corpus given (--corpus FILES)")
+        raise WarmstartError(f"{op}: no calibration corpus given (--corpus FILES)")
     tok = load_tokenizer(model_dir)
     need = batches * batch_size * seq_len
     ids: list[int] = []
@@ -91,7 +92,7 @@ def calibration_tokens(model_dir, files: Sequence, *, batches: int, batch_size: 
     if len(ids) < need:
         where = files[0] if len(files) == 1 else None
         raise WarmstartError(
-            f"prune: the calibration corpus has {len(ids)} tokens, fewer than the {need} asked "
+            f"{op}: the calibration corpus has {len(ids)} tokens, fewer than the {need} asked "
             f"({batches} batches x {batch_size} x {seq_len}); give more text or fewer --batches", where)
     return torch.tensor(ids[:need], dtype=torch.long).reshape(batches, batch_size, seq_len)
 
@@ -106,14 +107,15 @@ def load_tokenizer(model_dir):
                              model_dir) from None
 
 
-def load_causal_lm(model_dir, model):
+def load_causal_lm(model_dir, model, op: str = "prune: activation importance",
+                   hint: str = " (use --importance magnitude or select)"):
     """The transformers model of `model` (a warmstart Model), in fp32 and eval mode."""
     import torch
     import transformers
 
     if not model.family.causal:
-        raise WarmstartError(f"prune: activation importance needs a causal language model; {model.family.name} "
-                             "is not one (use --importance magnitude or select)", model_dir)
+        raise WarmstartError(f"{op} needs a causal language model; {model.family.name} is not one{hint}",
+                             model_dir)
     cls = getattr(transformers, model.family.auto_class)
     lm = cls.from_pretrained(str(model_dir), dtype=torch.float32)
     lm.eval()
