@@ -20,9 +20,9 @@ final held-out loss over seeds):
   forwards/backwards on --calib-batches training batches, extra compute the
   default does not spend).
 
-Run (reduced, as in docs/adapter.md):
-    nice -n 10 python benchmarks/adapter_init.py --steps 20 --lrs 1e-3 3e-3 --seeds 3 \
-        --batch-size 2 --seq-len 32 --out adapter_init.json
+Run (the third run of docs/adapter.md; one process per rate, merged with --resume):
+    nice -n 10 python benchmarks/adapter_init.py --steps 40 --eval-every 5 --lrs 1e-3 --seeds 3 \
+        --batch-size 4 --seq-len 32 --eval-seqs 24 --calib-batches 2 --out lr1e-3.json
 """
 
 from __future__ import annotations
