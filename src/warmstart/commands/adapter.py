@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_json, emit, examples, quiet
+from warmstart.commands.common import add_calibration_args, add_json, emit, examples, quiet
 from warmstart.errors import WarmstartError
 
 METHOD_HELP = ("default, gaussian, init-b, pissa, pissa_niter_N, olora, nlora, eva, corda, lora-ga, lora-sb, loftq "
@@ -29,10 +29,7 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: equal to the rank, scaling 1)")
     p.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
                    help="module names to adapt, e.g. q_proj v_proj, or all-linear (default: PEFT's for the family)")
-    p.add_argument("--corpus", nargs="+", default=[], metavar="FILE", help="text files for data-driven methods")
-    p.add_argument("--batches", type=int, default=8, help="calibration batches for data-driven methods (default 8)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per calibration batch (default 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
+    add_calibration_args(p, purpose="data-driven methods", batches=8, seq_len=128, corpus_default=[])
     p.add_argument("--seed", type=int, default=0, help="seed of random factors and sketches (default 0)")
     p.add_argument("--sb-lr", type=float, default=None, help="lora-sb: learning rate of the approximated first step "
                    "(default 1e-4)")

@@ -75,6 +75,17 @@ def output_options(args) -> dict:
     return opts
 
 
+def add_calibration_args(p, *, purpose: str, batches: int, seq_len: int, corpus_default=None) -> None:
+    """--corpus/--batches/--batch-size/--seq-len: the calibration text that data-driven operations read."""
+    lead = f"{purpose}: " if purpose else ""
+    p.add_argument("--corpus", nargs="+", default=corpus_default, metavar="FILE",
+                   help=f"{lead}calibration text files or folders")
+    p.add_argument("--batches", type=int, default=batches, help=f"{lead}calibration batches (default {batches})")
+    p.add_argument("--batch-size", type=int, default=4, help=f"{lead}sequences per calibration batch (default 4)")
+    p.add_argument("--seq-len", type=int, default=seq_len,
+                   help=f"{lead}tokens per calibration sequence (default {seq_len})")
+
+
 def add_threads(p) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is faster on a machine busy with "

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
+from warmstart.commands.common import (
+    add_calibration_args,
+    add_output_args,
+    add_width_args,
+    emit,
+    examples,
+    output_options,
+)
 from warmstart.ops import registry
 from warmstart.ops.fresh import FRESH
 
@@ -40,10 +47,7 @@ def register(sub) -> None:
                         "(IDInit's eps-scaled identity-like matrix, not exact) or lsuv (orthogonal, scaled on "
                         "--corpus so each new branch's typical token RMS is --lsuv-target x the residual stream's; "
                         "not exact)")
-    d.add_argument("--corpus", nargs="+", metavar="FILE", help="lsuv: calibration text files or folders")
-    d.add_argument("--batches", type=int, default=8, help="lsuv: calibration batches (default 8)")
-    d.add_argument("--batch-size", type=int, default=4, help="lsuv: sequences per batch (default 4)")
-    d.add_argument("--seq-len", type=int, default=256, help="lsuv: tokens per sequence (default 256)")
+    add_calibration_args(d, purpose="lsuv", batches=8, seq_len=256)
     d.add_argument("--lsuv-target", type=float, metavar="R",
                    help="lsuv: each new branch's typical token RMS (median over tokens) over the residual "
                         "stream's (default 0.02)")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from warmstart import api
-from warmstart.commands.common import add_output_args, add_width_args, emit, examples, output_options
+from warmstart.commands.common import (
+    add_calibration_args,
+    add_output_args,
+    add_width_args,
+    emit,
+    examples,
+    output_options,
+)
 from warmstart.ops.prune import DEPTH_METHODS, IMPORTANCE_METHODS
 
 
@@ -21,10 +28,7 @@ def register(sub) -> None:
                         "warmstart prune SmolLM2-135M small --importance magnitude --layers 15 --dry-run"))
     p.add_argument("model", help="source model directory")
     p.add_argument("out", help="output directory")
-    p.add_argument("--corpus", nargs="+", metavar="FILE", help="calibration text files or folders")
-    p.add_argument("--batches", type=int, default=16, help="calibration batches (default 16)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per calibration batch (default 4)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
+    add_calibration_args(p, purpose="", batches=16, seq_len=256)
     p.add_argument("--importance", choices=IMPORTANCE_METHODS, default="activation",
                    help="width: activation (Minitron, needs --corpus; default), magnitude (weight norms) or "
                         "select (Weight Selection, evenly spaced)")
