@@ -73,3 +73,55 @@ def test_expert_load_shares_and_balance():
     assert even["entropy"] == pytest.approx(1.0) and even["max_over_mean"] == pytest.approx(1.0)
     skewed = balance([[1.0, 0.0, 0.0, 0.0]])
     assert skewed["entropy"] == pytest.approx(0.0) and skewed["max_over_mean"] == pytest.approx(4.0)
+
+
+def test_moe_from_scratch_arm_through_the_upcycle_chain(tmp_path, monkeypatch, capsys, one_thread):
+    """A scratch arm with `grow`: the recipe's model randomly initialized (seeded), then the chain. With
+    `upcycle` and drop_ratio 1.0 that is an MoE from scratch: every expert re-drawn, none a copy, trained with
+    active-parameter FLOPs; seeds give different starts."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from warmstart.cli import main
+
+    monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    words = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for d in range(3):
+        (corpus / f"doc{d}.txt").write_text("".join(" ".join(rng.choice(words, size=8)) + ".\n" for _ in range(150)))
+    moe = {"op": "upcycle", "experts": 4, "top_k": 2, "drop_ratio": 1.0, "output_router_logits": True}
+    recipe = {
+        "name": "moe", "corpus": [str(corpus)], "tokenizer": {"vocab_size": 300}, "heldout": 0.1, "seeds": 2,
+        "model": {"hidden": 16, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 32, "seq_len": 16,
+                  "tie_embeddings": False},
+        "train": {"steps": 4, "batch_size": 4, "lr": 3e-3, "eval_every": 2, "eval_batches": 2},
+        "arms": [{"name": "scratch"}, {"name": "moe-scratch", "grow": moe}],
+    }
+    path = tmp_path / "moe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    assert main(["bench", str(path), str(out), "--quiet", "--threads", "1"]) == 0, capsys.readouterr().err
+
+    starts = []
+    for seed in (0, 1):
+        grown = out / f"seed-{seed}" / "grown" / "moe-scratch"
+        assert json.loads((grown / "config.json").read_text())["model_type"] == "mixtral"
+        w = load_file(str(grown / "model.safetensors"))
+        experts = sorted(k for k in w if ".mlp.experts.0." in k or ".block_sparse_moe.experts.0." in k)
+        assert experts, sorted(w)[:20]
+        first = experts[0]
+        other = first.replace("experts.0.", "experts.1.")
+        assert not np.allclose(w[first].numpy(), w[other].numpy())  # re-drawn, not copies
+        starts.append(w[first].numpy())
+        rows = [json.loads(line) for line in (out / f"seed-{seed}" / "arms" / "moe-scratch" / "log.jsonl")
+                .read_text().splitlines()]
+        evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
+        assert evals[0] > 0.8 * math.log(300)  # a random start: about the uniform loss over the vocabulary
+        settings = json.loads((out / f"seed-{seed}" / "arms" / "moe-scratch" / "result.json").read_text())
+        assert settings["flops_params"] < settings["params"]  # FLOPs from the active experts only
+    assert not np.allclose(starts[0], starts[1])  # each seed its own random start
+    assert "from scratch, the random model then transformed by upcycle(" in (out / "report.md").read_text()

@@ -221,8 +221,8 @@ class ArmSpec(Budget):
             raise ValueError("give lr (one peak learning rate) or lrs (a grid), not both")
         if self.source and self.checkpoint:
             raise ValueError("give source or checkpoint, not both")
-        if self.grow is not None and not (self.source or self.checkpoint):
-            raise ValueError("grow needs a source or a checkpoint to grow from")
+        if self.grow is not None and not (self.source or self.checkpoint) and self.init != "default":
+            raise ValueError(f"init {self.init} applies to the recipe's model, not to a grown random start")
         if self.prune is not None and not (self.source or self.checkpoint):
             raise ValueError("prune needs a source or a checkpoint to prune")
         if self.prune is not None and self.grow is not None:

@@ -198,7 +198,7 @@ def describe_arm(recipe, arm, chosen_lr: float | None = None) -> dict:
     if arm.adapter is not None:
         start = adapter_arm.describe(arm.adapter, origin)
     elif origin is None:
-        start = "from scratch"
+        start = f"from scratch, the random model then transformed by {chain_text(arm)}" if arm.grow else "from scratch"
     elif arm.grow:
         start = f"grown from {origin} by {chain_text(arm)}"
     elif arm.prune is not None:

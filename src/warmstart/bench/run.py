@@ -44,7 +44,8 @@ from warmstart.bench import metrics as M
 from warmstart.bench import report
 from warmstart.bench import train as T
 from warmstart.bench.recipe import DIM_KEYS, ArmSpec, Recipe, RecipeError, base_dir, grow_chain, plan_chain
-from warmstart.checkpoint.atomic import replacing_directory, swap_in, write_text
+from warmstart.checkpoint.atomic import atomic_directory, replacing_directory, swap_in, write_text
+from warmstart.checkpoint.writer import copy_extra_files
 from warmstart.errors import OutputExists, WarmstartError
 from warmstart.ops.registry import OPERATIONS
 from warmstart.plan import execute
@@ -180,6 +181,24 @@ def _grow(ctx: Context, index: int, start: Path, seed: int) -> Path:
     return out
 
 
+def _random_start(ctx: Context, index: int, seed: int) -> Path:
+    """A scratch arm with ``grow``: the recipe's model, randomly initialized (seeded as a scratch arm is),
+    written once per arm and seed, for the chain to transform (e.g. ``upcycle`` with ``drop_ratio: 1.0``:
+    an MoE from scratch, through the same operation as the upcycled arms)."""
+    arm, main = ctx.recipe.arms[index], ctx.data["main"]
+    out = ctx.work / f"seed-{seed}" / "random" / arm.name
+    if (out / "config.json").exists():
+        return out
+    if ctx.accelerator.is_main_process:
+        net = T.build_model(ctx.recipe.model.hf_config(main.vocab_size, ctx.recipe.model.seq_len), seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(out, force=True) as tmp:
+            net.save_pretrained(str(tmp))
+            copy_extra_files(main.tokenizer_files(), tmp)
+    ctx.accelerator.wait_for_everyone()
+    return out
+
+
 def _prune(ctx: Context, index: int, start: Path) -> Path:
     """Write the pruned start of arm `index` (importance from windows of the training split; shared by seeds)."""
     import torch
@@ -301,7 +320,9 @@ def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
             source_cost = {k: 0.0 for k in M.KEYS}
     else:
         start = None
-    if start is None:
+    if start is None and arm.grow:
+        model = _grow(ctx, index, _random_start(ctx, index, seed), seed)
+    elif start is None:
         model = r.model.hf_config(main.vocab_size, r.model.seq_len)
     elif arm.grow:
         model = _grow(ctx, index, start, seed)
@@ -321,7 +342,7 @@ def _arm(ctx: Context, index: int, seed: int, lr: float | None = None) -> dict:
     if arm.init == "lsuv":
         init = lsuv_scratch(main.train, kw["batch_size"], r.model.seq_len, 30_000 + seed, out / "init_cost.json")
     run_dir = out
-    if arm.kind == "scratch" and init is None and distiller is None and ctx.source_cache is not None and not (out / "result.json").exists():
+    if arm.kind == "scratch" and not arm.grow and init is None and distiller is None and ctx.source_cache is not None and not (out / "result.json").exists():
         key = _hash({"format": SOURCE_FORMAT, "scratch": model, "data": str(main.tokenizer_dir.parent.name),
                      "train": kw})
         cached = ctx.source_cache.parent / "scratch" / key
