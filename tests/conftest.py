@@ -19,6 +19,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+WORDS = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
+
+
+def word_corpus(folder: Path, docs: int = 3, lines: int = 150, seed: int = 0) -> Path:
+    """A folder of `docs` text files of random 8-word sentences over WORDS (seeded): a tiny bench corpus."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        (folder / f"doc{d}.txt").write_text("".join(" ".join(rng.choice(WORDS, size=8)) + ".\n" for _ in range(lines)))
+    return folder
+
+
 def _save(model, path: Path) -> Path:
     model.save_pretrained(str(path), safe_serialization=True)
     return path

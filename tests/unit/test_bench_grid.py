@@ -7,14 +7,12 @@ import math
 import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from warmstart.bench import recipe as R
 from warmstart.cli import main
 
-WORDS = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
 TARGET = {"hidden": 16, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 32, "seq_len": 16,
           "tie_embeddings": False}
 GRID = [1.0e-3, 3.0e-2]
@@ -24,14 +22,10 @@ STEPS = 8
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     """A corpus, an existing checkpoint of the target's shape, and a recipe with a 2-point grid and 1 seed."""
-    from tests.conftest import build_tiny
+    from tests.conftest import build_tiny, word_corpus
 
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for d in range(3):
-        (corpus / f"doc{d}.txt").write_text("".join(" ".join(rng.choice(WORDS, size=8)) + ".\n" for _ in range(150)))
+    corpus = word_corpus(tmp_path / "corpus")
     build_tiny("llama", tmp_path / "ckpt", vocab_size=300, hidden_size=16, intermediate_size=32,
                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
                tie_word_embeddings=False)

@@ -84,15 +84,11 @@ def test_moe_from_scratch_arm_through_the_upcycle_chain(tmp_path, monkeypatch, c
     import yaml
     from safetensors.torch import load_file
 
+    from tests.conftest import word_corpus
     from warmstart.cli import main
 
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    words = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for d in range(3):
-        (corpus / f"doc{d}.txt").write_text("".join(" ".join(rng.choice(words, size=8)) + ".\n" for _ in range(150)))
+    corpus = word_corpus(tmp_path / "corpus")
     moe = {"op": "upcycle", "experts": 4, "top_k": 2, "drop_ratio": 1.0, "output_router_logits": True}
     recipe = {
         "name": "moe", "corpus": [str(corpus)], "tokenizer": {"vocab_size": 300}, "heldout": 0.1, "seeds": 2,

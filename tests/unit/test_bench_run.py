@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 
 from warmstart.cli import main
-
-WORDS = "the king queen shall speak of love and war upon a summer day when night falls dark".split()
 
 # Tiny Llamas: target hidden 16 x 2 layers; sources 16 x 1 (stacked to 2) and 16 x 2 (continued).
 TARGET = {"hidden": 16, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 32, "seq_len": 16,
@@ -43,14 +40,10 @@ def recipe(corpus) -> dict:
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
+    from tests.conftest import build_tiny, word_corpus
+
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for d in range(3):
-        (corpus / f"doc{d}.txt").write_text(
-            "".join(" ".join(rng.choice(WORDS, size=8)) + ".\n" for _ in range(150)))
-    from tests.conftest import build_tiny
+    corpus = word_corpus(tmp_path / "corpus")
 
     # An existing checkpoint of the target's shape and the recipe's vocabulary (300), relative to the recipe.
     build_tiny("llama", tmp_path / "ckpt", vocab_size=300, hidden_size=16, intermediate_size=32,
