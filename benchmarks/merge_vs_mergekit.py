@@ -73,8 +73,6 @@ def make_copies(src: Path, work: Path, noise: float) -> list[Path]:
 
 def compare(ours: Path, theirs: Path, inputs: list[Path]) -> tuple[int, float, list[str]]:
     """Tensor-by-tensor comparison; returns (tensors compared, worst error in fp32 ulps of the inputs, problems)."""
-    import torch
-
     from warmstart.checkpoint.reader import Checkpoint
 
     a, b = Checkpoint(ours), Checkpoint(theirs)

@@ -159,10 +159,10 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from warmstart import assets
-    from warmstart.vocab.tokenizer_train import train_tokenizer
     from warmstart.vocab import transplant
     from warmstart.vocab.aux_embeddings import token_vectors, train_word_vectors
     from warmstart.vocab.match import load_tokenizer, vocab_of
+    from warmstart.vocab.tokenizer_train import train_tokenizer
 
     torch.set_num_threads(args.threads)
     base = assets.smollm2()

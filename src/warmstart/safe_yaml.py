@@ -30,8 +30,6 @@ MAX_ALIASES = 1_000
 
 def _expanded_size(root, path, error) -> int:
     """Nodes the document expands to once every alias is copied; refuses cycles and bombs."""
-    import yaml
-
     sizes: dict[int, int] = {}
     in_progress: set[int] = set()
     aliases = 0

@@ -10,8 +10,12 @@ projections), so an operation that mishandles a quirk changes the logits.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warmstart.vocab.match import byte_to_char
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # family name -> (config class, model class, config overrides beyond the common tiny sizes)
 _COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,

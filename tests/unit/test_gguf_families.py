@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from warmstart import tiny_families as T
-from warmstart.tiny_families import write_gguf
 from warmstart.cli import main
+from warmstart.tiny_families import write_gguf
 
 # HF family of the tiny model -> GGUF architecture name
 ARCHS = {f: T.GGUF_ARCH_OF[f] for f in ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")}

@@ -9,7 +9,6 @@ directly with torch indexing.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

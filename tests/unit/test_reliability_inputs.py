@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny
 from safetensors.torch import load_file
 
-from conftest import build_tiny
 from warmstart.cli import main
 
 

@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--initial", metavar="DIR", help="--export: the output of an earlier `warmstart adapter`")
     p.add_argument("--trained", metavar="DIR", help="--export: the trained adapter (default: DIR/adapter as initialized)")
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (transformers' included)")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -64,6 +64,4 @@ def run(args) -> int:
                              batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, force=args.force,
                              nlora_oversample=args.nlora_oversample, sb_lr=args.sb_lr, sb_rule=args.sb_rule,
                              corda_mode=args.corda_mode)
-    if args.quiet and not args.json:
-        return 0
     return emit(args, result)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from warmstart import safe_yaml
 from warmstart.arch import open_model
 from warmstart.checkpoint.atomic import check_output
 from warmstart.checkpoint.dtypes import parse_user_dtype
@@ -40,7 +41,6 @@ from warmstart.errors import ParamError, SpecError, WarmstartError
 from warmstart.ops import registry
 from warmstart.ops.optimizer_carry import OUTPUT_NAME, load_state, plan_carry, write_carry
 from warmstart.plan import execute
-from warmstart import safe_yaml
 
 
 @dataclass

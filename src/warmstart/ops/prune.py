@@ -32,6 +32,7 @@ from warmstart.ops.depth import drop_map
 from warmstart.ops.registry import Transform, register
 from warmstart.registry import Registry
 
+
 @dataclass(frozen=True)
 class Criterion:
     """How units or blocks are ranked: whether it needs the calibration pass, and the choice it makes."""
