@@ -371,3 +371,82 @@ def test_olora_on_conv1d_refused_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Conv1D" in err
     assert not out.exists()
+
+
+# -- encoders: the class the family's spec declares (BERT loads as AutoModel, no LM head) -----------------------------
+def bert_dir(tmp_path: Path, masked_lm: bool = False) -> Path:
+    """A tiny BERT with a tokenizer; `masked_lm` saves it as BertForMaskedLM, whose tensor names carry `bert.`."""
+    import transformers as tf
+
+    path = build_tiny("bert", tmp_path / "bert")
+    if masked_lm:
+        torch.manual_seed(1)
+        model = tf.BertForMaskedLM(tf.BertConfig.from_pretrained(str(path)))
+        model.save_pretrained(str(path))
+    add_tokenizer(path)
+    return path
+
+
+def encoder_states(model_dir: Path, adapter: Path | None = None):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.arange(2, 34).view(1, -1)).last_hidden_state.double()
+
+
+@pytest.mark.parametrize("method", ["default", "pissa", "nlora", "eva", "corda"])
+def test_encoder_adapter_loads_on_its_own_class(tmp_path, method):
+    source = bert_dir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["adapter", str(source), str(out), "--method", method, "--rank", "4", "--quiet"]
+    if method in DATA:
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text(TEXT * 20)
+        argv += ["--corpus", str(corpus), "--batches", "2", "--batch-size", "2", "--seq-len", "16"]
+    assert main(argv) == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "FEATURE_EXTRACTION"
+    # PEFT's default for BERT (EVA lists the adapted modules by full name)
+    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {"query", "value"}
+    base = out / "base" if (out / "base").is_dir() else source
+    reference = encoder_states(source)
+    assert rel(encoder_states(base, out / "adapter"), reference) < 1e-4
+    if base != source:  # the residual alone is a different model: the adapter's factors were loaded, not re-drawn
+        assert rel(encoder_states(base), reference) > 1e-3
+
+
+def test_encoder_residual_keeps_the_checkpoint_names(tmp_path):
+    from safetensors import safe_open
+
+    source = bert_dir(tmp_path, masked_lm=True)
+    out = tmp_path / "out"
+    assert main(["adapter", str(source), str(out), "--method", "pissa", "--rank", "4", "--quiet"]) == 0
+    names = {}
+    for d in (source, out / "base"):
+        with safe_open(str(d / "model.safetensors"), "pt") as f:
+            names[d] = set(f.keys())
+    assert names[source] == names[out / "base"]
+    assert "bert.encoder.layer.0.attention.self.query.weight" in names[source]
+    assert rel(encoder_states(out / "base", out / "adapter"), encoder_states(source)) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["lora-ga", "lora-sb"])
+def test_gradient_methods_refused_for_an_encoder(tmp_path, capsys, method):
+    source = bert_dir(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    out = tmp_path / "out"
+    assert main(["adapter", str(source), str(out), "--method", method, "--corpus", str(corpus)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no LM head" in err and "eva and corda" in err
+    assert not out.exists()
+
+
+def test_calibration_windows_longer_than_the_positions(setup, tmp_path, capsys):
+    err = _bad(setup, tmp_path, capsys, "--method", "eva", "--corpus", str(setup[1]), "--seq-len", "65")
+    assert "--seq-len 65" in err and "64 positions" in err and "config.json" in err

@@ -18,8 +18,12 @@ def load_tokenizer(model_dir: Path):
 
 def token_stream(tokenizer, files: Sequence[Path], limit: int) -> list[int]:
     """Token ids of the files, documents separated by EOS, stopping once `limit` tokens are read."""
+    from transformers.utils import logging
+
     ids: list[int] = []
-    eos = tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id  # BERT: [SEP]
+    # a whole file is longer than the model's positions; it is cut into --seq-len windows afterwards
+    logging.get_logger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     for f in files:
         try:
             text = Path(f).read_text(encoding="utf-8", errors="replace")

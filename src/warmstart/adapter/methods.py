@@ -46,6 +46,7 @@ class Context:
     spec: AdapterSpec
     target_modules: list[str]
     batches: list[dict] | None = None  # {"input_ids", "attention_mask"} tensors, when the method needs data
+    task_type: str = "CAUSAL_LM"  # PEFT's task type: FEATURE_EXTRACTION for an encoder without an LM head
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -64,6 +65,7 @@ class Method:
     by: str  # "peft" or "warmstart"
     exact: bool  # residual base + adapter == source at initialization
     summary: str
+    needs_loss: bool = False  # gradients of the weights: a language-model head to compute a loss with
 
 
 METHODS: Registry[Method] = Registry("adapter method")
@@ -71,11 +73,11 @@ NITER = re.compile(r"pissa_niter_(\d+)$")
 
 
 def register(name: str, *, needs_corpus: bool = False, moves_base: bool = False, full_precision: bool = False,
-             by: str = "peft", exact: bool = True, summary: str = ""):
+             by: str = "peft", exact: bool = True, summary: str = "", needs_loss: bool = False):
     """Decorator: make `fn(ctx) -> PeftModel` available as adapter method `name`."""
 
     return METHODS.decorator(name, lambda fn: Method(name, fn, needs_corpus, moves_base, full_precision, by, exact,
-                                                     first_line(fn, summary)))
+                                                     first_line(fn, summary), needs_loss))
 
 
 def get(name: str) -> Method:
@@ -92,7 +94,7 @@ def lora_config(ctx: Context, init, **extra):
     from peft import LoraConfig
 
     return LoraConfig(r=ctx.spec.rank, lora_alpha=ctx.spec.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(ctx.target_modules), init_lora_weights=init, task_type="CAUSAL_LM", **extra)
+                      target_modules=list(ctx.target_modules), init_lora_weights=init, task_type=ctx.task_type, **extra)
 
 
 def peft_model(ctx: Context, config):
@@ -212,7 +214,7 @@ def corda_method(ctx: Context):
     return peft_model(ctx, config)
 
 
-@register("lora-ga", needs_corpus=True, moves_base=True, full_precision=True)
+@register("lora-ga", needs_corpus=True, moves_base=True, full_precision=True, needs_loss=True)
 def lora_ga_method(ctx: Context):
     """LoRA-GA: factors from the SVD of the averaged full-weight gradient on the corpus (PEFT)."""
     from peft.tuners.lora.config import LoraGAConfig
@@ -335,7 +337,7 @@ def silver_bullet_factors(update, rank: int, scaling: float):
     return u[:, :rank], torch.diag(s[:rank] / scaling), vh[:rank]
 
 
-@register("lora-sb", needs_corpus=True, full_precision=True, by="warmstart", exact=False)
+@register("lora-sb", needs_corpus=True, full_precision=True, by="warmstart", exact=False, needs_loss=True)
 def lora_sb_method(ctx: Context):
     """LoRA-SB: the adapter starts at the best rank-r approximation of the first full fine-tuning step."""
 

@@ -8,7 +8,8 @@ temporary sibling renamed into place, so a failure leaves nothing)::
                                 the residual base, a full HF model directory (config, weights, tokenizer)
     OUT/warmstart_adapter.json  method, rank, alpha, targets, timings, layout
 
-Load with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT/base or MODEL), OUT/adapter)``;
+Load with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT/base or MODEL), OUT/adapter)``
+(``AutoModel`` for an encoder such as BERT: the class the family's spec declares);
 the adapter's ``base_model_name_or_path`` names OUT/base for moving methods,
 so ``AutoPeftModelForCausalLM`` finds the residual, never the source.
 The adapter's config says ``init_lora_weights: true`` on purpose: PEFT re-runs
@@ -79,6 +80,10 @@ def validate(model_dir: Path, spec: cfg.AdapterSpec):
             raise WarmstartError(f"method {spec.method} needs full-precision weights, and the model is quantized: {why}",
                                  model_dir)
         raise WarmstartError(f"warmstart adapter reads full-precision checkpoints only: {why}", model_dir)
+    if method.needs_loss and model_class(ckpt) != "AutoModelForCausalLM":
+        raise WarmstartError(f"method {spec.method} needs the gradients of a language-model loss, and this "
+                             f"{ckpt.config.get('model_type')} checkpoint loads as {model_class(ckpt)} (no LM head); "
+                             "eva and corda need only forward passes", model_dir)
     if method.needs_corpus:
         if not spec.corpus:
             raise WarmstartError(f"method {spec.method} is data-driven: give --corpus FILES (and --batches N)")
@@ -87,11 +92,52 @@ def validate(model_dir: Path, spec: cfg.AdapterSpec):
                 raise WarmstartError("corpus file does not exist", f)
         if spec.batches < 1:
             raise WarmstartError(f"--batches must be at least 1, got {spec.batches}")
+        positions = ckpt.config.get("max_position_embeddings", ckpt.config.get("n_positions"))
+        if isinstance(positions, int) and spec.seq_len > positions:
+            raise WarmstartError(f"--seq-len {spec.seq_len} is longer than the model's {positions} positions",
+                                 model_dir / "config.json")
     if spec.method == "loftq":
         why = registry.loftq_unavailable()
         if why:
             raise WarmstartError(why)
     return ckpt, method, keys, targets
+
+
+def model_class(ckpt) -> str:
+    """The transformers Auto class that the family's spec declares (AutoModel for an encoder without an LM head);
+    a causal LM for a model type no family declares."""
+    from warmstart.arch.spec import family_for_config
+    from warmstart.errors import UnsupportedArchitecture
+
+    try:
+        return family_for_config(ckpt.config).auto_class
+    except UnsupportedArchitecture:
+        return "AutoModelForCausalLM"
+
+
+def load_model(ckpt, dtype="auto"):
+    """The checkpoint as its family's transformers class; no remote code, nothing fetched, no load report."""
+    import transformers
+
+    cls = model_class(ckpt)
+    transformers.utils.logging.disable_progress_bar()
+    level = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()  # a checkpoint without a head would print a page of MISSING
+    try:
+        return getattr(transformers, cls).from_pretrained(str(ckpt.path), dtype=dtype, trust_remote_code=False,
+                                                          local_files_only=True)
+    except (ValueError, OSError, KeyError) as err:
+        raise WarmstartError(f"transformers cannot load this as {cls}: {str(err).splitlines()[0]}", ckpt.path) from err
+    finally:
+        transformers.utils.logging.set_verbosity(level)
+
+
+def task_type(model) -> str:
+    """PEFT's task type for a loaded model: CAUSAL_LM where transformers maps a causal LM to its class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    return "CAUSAL_LM" if type(model).__name__ in causal else "FEATURE_EXTRACTION"
 
 
 def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None, where=None):
@@ -101,7 +147,7 @@ def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None
     the checks, the loading and the writing around it.
     """
     method = registry.get(spec.method)
-    ctx = registry.Context(model, spec, list(target_modules), batches)
+    ctx = registry.Context(model, spec, list(target_modules), batches, task_type=task_type(model))
     try:
         return method.fn(ctx), ctx
     except (ValueError, TypeError, RuntimeError) as err:
@@ -112,8 +158,6 @@ def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None
 
 def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) -> AdapterReport:
     """Initialize a LoRA adapter on `model_dir` with `spec.method`; write OUT/adapter (and OUT/base)."""
-    import transformers
-
     from warmstart.adapter.data import calibration_batches, load_tokenizer
 
     model_dir, out = Path(model_dir), Path(out)
@@ -122,12 +166,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
     if method.needs_corpus:
         load_tokenizer(model_dir)  # refuse a model without a tokenizer before loading the weights
     t_start = time.perf_counter()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
-    except (ValueError, OSError, KeyError) as err:
-        raise WarmstartError(f"transformers cannot load this as a causal LM: {str(err).splitlines()[0]}",
-                             model_dir) from err
+    model = load_model(ckpt)
     model.eval()
     batches = None
     if method.needs_corpus:
@@ -200,7 +239,7 @@ def check_factors(ckpt, peft_model, spec: cfg.AdapterSpec, method) -> float | No
             delta = delta.T
         # the residual is rounded to the checkpoint's dtype: bf16/fp16 bases allow a few of their epsilons
         limit = max(limit, 4 * torch.finfo(base.weight.dtype).eps)
-        source = ckpt.get(f"{name}.weight").double()
+        source = ckpt.get(tensor_name(ckpt, peft_model, name)).double()
         err = float((base.weight.detach().double() + delta - source).abs().max() / source.abs().max().clamp_min(1e-30))
         worst = max(worst, err)
     if not method.moves_base or not method.exact:
@@ -234,16 +273,28 @@ def set_base_path(adapter_dir: Path, base: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def residual_weights(peft_model) -> dict[str, object]:
+def tensor_name(ckpt, peft_model, module: str) -> str:
+    """The checkpoint's name for an adapted module's weight. A model class may add or drop the base-model prefix
+    (BertModel loads a checkpoint saved as ``bert.encoder...``), and the residual must keep the checkpoint's names."""
+    name = f"{module}.weight"
+    prefix = getattr(peft_model.get_base_model(), "base_model_prefix", "") or ""
+    candidates = [name]
+    if prefix:
+        candidates += [name[len(prefix) + 1:]] if name.startswith(prefix + ".") else [f"{prefix}.{name}"]
+    return next((c for c in candidates if c in ckpt), name)
+
+
+def residual_weights(ckpt, peft_model) -> dict[str, object]:
     """Checkpoint tensor name -> the base weight as the adapter sees it (residual for moving methods)."""
-    return {f"{name}.weight": layer.get_base_layer().weight for name, layer in registry.lora_layers(peft_model)}
+    return {tensor_name(ckpt, peft_model, name): layer.get_base_layer().weight
+            for name, layer in registry.lora_layers(peft_model)}
 
 
 def write_residual_base(ckpt, peft_model, path: Path) -> None:
     """The source checkpoint with the adapted matrices replaced by their residuals, streamed tensor by tensor."""
     from warmstart.checkpoint.writer import OutputTensor, write_model
 
-    residual = residual_weights(peft_model)
+    residual = residual_weights(ckpt, peft_model)
     missing = [n for n in residual if n not in ckpt]
     if missing:
         raise RuntimeError(f"adapted modules without a checkpoint tensor: {missing[:3]}")
@@ -308,8 +359,7 @@ def export_lora(model_dir, init_dir, out, *, trained=None, force: bool = False) 
                     shutil.copyfile(f, tmp / f.name)
         return [f"wrote {out}: {meta['method']} moves no weights, so the adapter is already plain LoRA (copied)"]
     base_dir = init_dir / "base"
-    Checkpoint(base_dir)  # a clear error if the residual base is missing
-    base = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
+    base = load_model(Checkpoint(base_dir))  # Checkpoint: a clear error if the residual base is missing
     model = PeftModel.from_pretrained(base, str(trained))
     with tempfile.TemporaryDirectory(prefix="warmstart-export-") as scratch:
         copy = Path(scratch) / "initial"
