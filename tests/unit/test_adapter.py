@@ -450,3 +450,87 @@ def test_gradient_methods_refused_for_an_encoder(tmp_path, capsys, method):
 def test_calibration_windows_longer_than_the_positions(setup, tmp_path, capsys):
     err = _bad(setup, tmp_path, capsys, "--method", "eva", "--corpus", str(setup[1]), "--seq-len", "65")
     assert "--seq-len 65" in err and "64 positions" in err and "config.json" in err
+
+
+# -- a multimodal checkpoint: transformers renames its keys on load, and text never reaches the vision tower -----------
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    from warmstart import tiny_families
+
+    root = tmp_path_factory.mktemp("gemma3")
+    path = tiny_families.build("gemma3", root / "gemma3")
+    add_tokenizer(path)
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT * 20)
+    return path, corpus
+
+
+def gemma3_logits(base: Path, adapter: Path | None = None):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return logits_of(model.eval(), torch.arange(2, 30).view(1, -1))
+
+
+@pytest.mark.parametrize("method", ["pissa", "lora-ga"])
+def test_renamed_checkpoint_keeps_its_names(gemma3, tmp_path, method):
+    """Gemma 3 loads `language_model.model.layers...` as `model.language_model.layers...`: the residual must be
+    written under the checkpoint's names, or the base would load with the source's (unadapted) weights."""
+    from safetensors import safe_open
+
+    source, corpus = gemma3
+    out = tmp_path / "out"
+    assert main(["adapter", str(source), str(out), "--method", method, "--rank", "2", "--quiet",
+                 "--target-modules", "all-linear",
+                 "--corpus", str(corpus), "--batches", "2", "--batch-size", "2", "--seq-len", "16"]) == 0
+    keys = []
+    for d in (source, out / "base"):
+        with safe_open(str(d / "model.safetensors"), "pt") as f:
+            keys.append(set(f.keys()))
+    assert keys[0] == keys[1]
+    reference = gemma3_logits(source)
+    assert rel(gemma3_logits(out / "base", out / "adapter"), reference) < 1e-4
+    assert rel(gemma3_logits(out / "base"), reference) > 1e-4  # the residual alone is another model
+
+
+def test_layers_the_text_never_reaches(gemma3, tmp_path, capsys):
+    source, corpus = gemma3
+    calib = ["--corpus", str(corpus), "--batches", "2", "--batch-size", "2", "--seq-len", "16"]
+    out = tmp_path / "eva"
+    assert main(["adapter", str(source), str(out), "--method", "eva", "--rank", "2", *calib,
+                 "--target-modules", "q_proj", "v_proj"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "never receive input" in err and "--target-modules" in err
+    assert not out.exists()
+    # the same method on the language model's layers only, named by a pattern as PEFT takes one
+    assert main(["adapter", str(source), str(out), "--method", "eva", "--rank", "2", "--quiet", *calib,
+                 "--target-modules", ".*language_model.*(q|v)_proj"]) == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] and all("language_model" in m for m in config["target_modules"])
+    # LoRA-SB: layers without a gradient keep PEFT's default (B = 0) and say so
+    out = tmp_path / "sb"
+    assert main(["adapter", str(source), str(out), "--method", "lora-sb", "--rank", "2", *calib,
+                 "--target-modules", "q_proj", "v_proj"]) == 0
+    printed = capsys.readouterr().out
+    assert "get no gradient from the corpus" in printed and "vision_tower" in printed
+    factors = load_tensors(out / "adapter" / "adapter_model.safetensors")
+    vision_b = [v for k, v in factors.items() if "vision_tower" in k and "lora_B" in k]
+    text_b = [v for k, v in factors.items() if "language_model" in k and "lora_B" in k]
+    assert vision_b and all(float(v.abs().max()) == 0 for v in vision_b)
+    assert text_b and all(float(v.abs().max()) > 0 for v in text_b)
+
+
+def test_target_patterns(setup, tmp_path, capsys):
+    err = _bad(setup, tmp_path, capsys, "--target-modules", r".*\.mlp\.nothing")
+    assert "matches no linear layer" in err and "available" in err
+    err = _bad(setup, tmp_path, capsys, "--target-modules", "q_proj(")
+    assert "not a regular expression" in err
+    out = tmp_path / "mixed"
+    assert main(["adapter", str(setup[0]), str(out), "--rank", "2", "--quiet",
+                 "--target-modules", r".*layers\.0\..*(q|k)_proj", "down_proj"]) == 0
+    adapted = {k.split(".lora_")[0] for k in load_tensors(out / "adapter" / "adapter_model.safetensors")}
+    suffixes = sorted(k.split("layers.")[1] for k in adapted)
+    assert suffixes == ["0.mlp.down_proj", "0.self_attn.k_proj", "0.self_attn.q_proj", "1.mlp.down_proj"]

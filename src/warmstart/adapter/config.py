@@ -17,8 +17,7 @@ from typing import Any
 from warmstart.errors import WarmstartError
 
 # Leaf names never adapted by default: embeddings and the output head (PEFT's "all-linear" leaves them out too).
-NOT_LINEAR = re.compile(r"(^|\.)(embed_tokens|wte|wpe|lm_head|embed_out|word_embeddings|position_embeddings|"
-                        r"token_type_embeddings|shared)$")
+NOT_LINEAR = re.compile(r"(^|\.)(embed_\w+|\w*embeddings?|wte|wpe|lm_head|shared)$")
 
 
 @dataclass
@@ -93,13 +92,40 @@ def resolve_targets(checkpoint, spec: AdapterSpec) -> tuple[list[str], list[Targ
     if keys == ["all-linear"]:
         keys = _leaves(modules)
     matched: list[Target] = []
+    names: list[str] = []
     for key in keys:
-        hits = [t for m, t in modules.items() if _matches(m, key)]
+        pattern = _regex(key)
+        if pattern is None:
+            hits = [t for m, t in modules.items() if _matches(m, key)]
+        else:
+            hits = [t for m, t in modules.items() if pattern.fullmatch(m)]
         if not hits:
             raise WarmstartError(f"target module {key!r} matches no linear layer; available: "
                                  f"{', '.join(_leaves(modules))}", checkpoint.path)
+        names.append(key)
         matched += [t for t in hits if t not in matched]
-    return list(keys), matched
+    if any(_regex(k) is not None for k in names):
+        # PEFT takes one pattern (a string) or a list of plain names: the plain names become "(.*\.)?name". The
+        # pattern is matched against the loaded model's names, which transformers may have renamed from the
+        # checkpoint's (Gemma 3), so it is passed on rather than the checkpoint names it matched here.
+        names = ["|".join(f"(?:{k})" if _regex(k) is not None else f"(?:.*\\.)?{re.escape(k)}" for k in names)]
+    return names, matched
+
+
+def peft_targets(keys: list[str]):
+    """What PEFT's ``target_modules`` takes: the list of names, or the one pattern a regular expression made."""
+    return keys[0] if len(keys) == 1 and _regex(keys[0]) is not None else list(keys)
+
+
+def _regex(key: str):
+    """A target given as a regular expression over full module names (``.*language_model.*(q|v)_proj``, as PEFT
+    takes a string), or None for a plain name, matched as PEFT matches a list: the name or its last parts."""
+    if not re.search(r"[*+?\[\](){}|^$\\]", key):
+        return None
+    try:
+        return re.compile(key)
+    except re.error as err:
+        raise WarmstartError(f"target module pattern {key!r} is not a regular expression: {err}") from None
 
 
 def _leaves(modules: dict[str, Target]) -> list[str]:

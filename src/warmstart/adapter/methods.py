@@ -93,8 +93,11 @@ def get(name: str) -> Method:
 def lora_config(ctx: Context, init, **extra):
     from peft import LoraConfig
 
+    from warmstart.adapter.config import peft_targets
+
     return LoraConfig(r=ctx.spec.rank, lora_alpha=ctx.spec.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(ctx.target_modules), init_lora_weights=init, task_type=ctx.task_type, **extra)
+                      target_modules=peft_targets(ctx.target_modules), init_lora_weights=init,
+                      task_type=ctx.task_type, **extra)
 
 
 def peft_model(ctx: Context, config):
@@ -136,6 +139,11 @@ def _set_factors(layer, b, a, subtract: bool) -> None:
             if getattr(layer, "fan_in_fan_out", False):
                 delta = delta.T
             base.weight.copy_((base.weight.double() - delta).to(base.weight.dtype))
+
+
+def unreached(method: str) -> WarmstartError:
+    return WarmstartError(f"{method}: some target modules never receive input from the text corpus (a vision "
+                          "tower?); name the language model's modules, e.g. --target-modules '.*language_model.*(q|v)_proj'")
 
 
 def _data_time(ctx: Context, what: str, t0: float) -> None:
@@ -185,8 +193,11 @@ def eva_method(ctx: Context):
     config = lora_config(ctx, "eva", eva_config=EvaConfig(rho=float(ctx.option("eva_rho", 1.0))))
     model = peft_model(ctx, config)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        state = get_eva_state_dict(model, dataloader=ctx.batches, show_progress_bar=False)
+    try:
+        with torch.inference_mode():
+            state = get_eva_state_dict(model, dataloader=ctx.batches, show_progress_bar=False)
+    except IndexError:  # PEFT's hook found a target layer that no batch reached
+        raise unreached("eva") from None
     state = {k: v.clone() for k, v in state.items()}  # out of inference mode, so the factors can be trained
     initialize_lora_eva_weights(model, eva_state_dict=state, show_progress_bar=False)
     _data_time(ctx, "EVA layer-input SVD", t0)
@@ -208,8 +219,11 @@ def corda_method(ctx: Context):
                 ctx.model(**{k: v[i:i + 1] for k, v in batch.items()})
 
     t0 = time.perf_counter()
-    with torch.no_grad():
-        preprocess_corda(ctx.model, config, run_model=run_model)
+    try:
+        with torch.no_grad():
+            preprocess_corda(ctx.model, config, run_model=run_model)
+    except ZeroDivisionError:  # a target layer's covariance saw no sample
+        raise unreached("corda") from None
     _data_time(ctx, "CorDA covariance and decomposition", t0)
     return peft_model(ctx, config)
 
@@ -361,7 +375,11 @@ def lora_sb_method(ctx: Context):
             (out.loss / len(ctx.batches)).backward()
     model.train(was_training)
     _data_time(ctx, "LoRA-SB first-step gradient", t0)
-    for (_, layer), w in zip(layers, weights):
+    untouched = []
+    for (name, layer), w in zip(layers, weights):
+        if w.grad is None:  # the text never reaches it (a vision tower): no first step to approximate
+            untouched.append(name)
+            continue
         grad = w.grad.detach().double()
         if getattr(layer, "fan_in_fan_out", False):
             grad = grad.T
@@ -371,4 +389,7 @@ def lora_sb_method(ctx: Context):
     for n, p in model.named_parameters():
         p.requires_grad_(saved.get(n, False))
     ctx.notes.append(f"lora-sb: first step {rule}, lr {lr:g}; the model starts one approximate step in (not exact)")
+    if untouched:
+        ctx.notes.append(f"lora-sb: {len(untouched)} adapted layers get no gradient from the corpus (e.g. "
+                         f"{untouched[0]}) and keep PEFT's default initialization (B = 0)")
     return model

@@ -150,10 +150,11 @@ def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None
     ctx = registry.Context(model, spec, list(target_modules), batches, task_type=task_type(model))
     try:
         return method.fn(ctx), ctx
-    except (ValueError, TypeError, RuntimeError) as err:
-        if isinstance(err, WarmstartError):
-            raise
-        raise WarmstartError(f"PEFT could not initialize {spec.method}: {str(err).splitlines()[0]}", where) from err
+    except WarmstartError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PEFT's own refusals come as many types; one line for each
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise WarmstartError(f"PEFT could not initialize {spec.method}: {first}", where) from err
 
 
 def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) -> AdapterReport:
@@ -274,11 +275,28 @@ def set_base_path(adapter_dir: Path, base: str) -> None:
 
 
 def tensor_name(ckpt, peft_model, module: str) -> str:
-    """The checkpoint's name for an adapted module's weight. A model class may add or drop the base-model prefix
-    (BertModel loads a checkpoint saved as ``bert.encoder...``), and the residual must keep the checkpoint's names."""
+    """The checkpoint's name for an adapted module's weight.
+
+    The loaded model's names can differ from the checkpoint's: transformers
+    renames some families' keys on load (Gemma 3's ``language_model.model.``
+    becomes ``model.language_model.``), and a model class may add or drop the
+    base-model prefix (BertModel loads a checkpoint saved as ``bert.encoder...``).
+    The residual must keep the checkpoint's names, so the renaming that
+    ``save_pretrained`` would apply is asked of transformers first.
+    """
     name = f"{module}.weight"
-    prefix = getattr(peft_model.get_base_model(), "base_model_prefix", "") or ""
-    candidates = [name]
+    if name in ckpt:
+        return name
+    model = peft_model.get_base_model()
+    try:
+        import torch
+        from transformers.core_model_loading import revert_weight_conversion
+
+        saved = list(revert_weight_conversion(model, {name: torch.empty(0)}))
+    except Exception:  # noqa: BLE001 - an internal API of transformers; the prefix rule below still applies
+        saved = []
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    candidates = saved[:1]
     if prefix:
         candidates += [name[len(prefix) + 1:]] if name.startswith(prefix + ".") else [f"{prefix}.{name}"]
     return next((c for c in candidates if c in ckpt), name)

@@ -28,7 +28,9 @@ def register(sub) -> None:
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: equal to the rank, scaling 1)")
     p.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
-                   help="module names to adapt, e.g. q_proj v_proj, or all-linear (default: PEFT's for the family)")
+                   help="module names to adapt, e.g. q_proj v_proj, or all-linear, or a regular expression over full "
+                        "module names as PEFT takes it, e.g. '.*language_model.*(q|v)_proj' (default: PEFT's for "
+                        "the family)")
     add_calibration_args(p, purpose="data-driven methods", batches=8, seq_len=128, corpus_default=[])
     p.add_argument("--seed", type=int, default=0, help="seed of random factors and sketches (default 0)")
     p.add_argument("--sb-lr", type=float, default=None, help="lora-sb: learning rate of the approximated first step "
