@@ -534,3 +534,29 @@ def test_target_patterns(setup, tmp_path, capsys):
     adapted = {k.split(".lora_")[0] for k in load_tensors(out / "adapter" / "adapter_model.safetensors")}
     suffixes = sorted(k.split("layers.")[1] for k in adapted)
     assert suffixes == ["0.mlp.down_proj", "0.self_attn.k_proj", "0.self_attn.q_proj", "1.mlp.down_proj"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--alpha", "0"], "--alpha must be a positive number"),
+    (["--alpha", "nan"], "--alpha must be a positive number"),
+    (["--method", "lora-sb", "--sb-lr=-1e-4"], "--sb-lr must be a positive number"),
+    (["--method", "nlora", "--nlora-oversample", "-1"], "--nlora-oversample must be 0 or more"),
+    (["--method", "eva", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--method", "eva", "--seq-len", "0"], "--seq-len must be at least 1"),
+    (["--method", "eva", "--corpus", "/dev/null"], "not a regular file"),
+])
+def test_unusable_numbers_and_corpora(setup, tmp_path, capsys, flags, words):
+    corpus = [] if "--corpus" in flags else ["--corpus", str(setup[1])]
+    err = _bad(setup, tmp_path, capsys, *flags, *corpus)
+    assert words in err
+
+
+def test_corpus_folder_is_read_recursively(setup, tmp_path):
+    folder = tmp_path / "texts" / "deeper"
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text(setup[1].read_text())
+    out = tmp_path / "out"
+    assert main(["adapter", str(setup[0]), str(out), "--method", "eva", "--rank", "2", "--quiet",
+                 "--corpus", str(tmp_path / "texts"), "--batches", "2", "--batch-size", "2", "--seq-len", "16"]) == 0
+    meta = json.loads((out / "warmstart_adapter.json").read_text())
+    assert meta["calibration"]["files"] == 1 and meta["calibration"]["batches"] == 2

@@ -9,6 +9,7 @@ corpus, a quantized checkpoint where the method needs full precision.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,20 @@ def is_quantized(checkpoint, targets: list[Target]) -> str | None:
 
 
 def check_rank(spec: AdapterSpec, targets: list[Target], path: Path) -> None:
+    """The rank fits every target matrix; alpha and the numeric method options are usable numbers."""
     if spec.rank < 1:
         raise WarmstartError(f"--rank must be at least 1, got {spec.rank}")
+    if spec.alpha is not None and not (math.isfinite(spec.alpha) and spec.alpha > 0):
+        raise WarmstartError(f"--alpha must be a positive number, got {spec.alpha}")  # 0 would make a dead adapter
+    sb_lr = spec.options.get("sb_lr")
+    if sb_lr is not None and not (math.isfinite(sb_lr) and sb_lr > 0):
+        raise WarmstartError(f"--sb-lr must be a positive number, got {sb_lr}")
+    oversample = spec.options.get("nlora_oversample")
+    if oversample is not None and oversample < 0:
+        raise WarmstartError(f"--nlora-oversample must be 0 or more, got {oversample}")
+    for name in ("batches", "batch_size", "seq_len"):
+        if getattr(spec, name) < 1:
+            raise WarmstartError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
     for t in targets:
         if spec.rank > min(t.shape):
             raise WarmstartError(f"rank {spec.rank} is above the smallest dimension of {t.tensor} {list(t.shape)} "

@@ -87,11 +87,9 @@ def validate(model_dir: Path, spec: cfg.AdapterSpec):
     if method.needs_corpus:
         if not spec.corpus:
             raise WarmstartError(f"method {spec.method} is data-driven: give --corpus FILES (and --batches N)")
-        for f in spec.corpus:
-            if not Path(f).is_file():
-                raise WarmstartError("corpus file does not exist", f)
-        if spec.batches < 1:
-            raise WarmstartError(f"--batches must be at least 1, got {spec.batches}")
+        from warmstart.corpus import corpus_files
+
+        spec.corpus = corpus_files(list(spec.corpus))  # folders read recursively; missing or binary files refused
         positions = ckpt.config.get("max_position_embeddings", ckpt.config.get("n_positions"))
         if isinstance(positions, int) and spec.seq_len > positions:
             raise WarmstartError(f"--seq-len {spec.seq_len} is longer than the model's {positions} positions",
