@@ -297,14 +297,15 @@ def vocab(model, out, tokenizer, *, method: str = "fvt", mode: str = "replace", 
           aligned_embeddings: tuple | None = None, k: int | None = None, temperature: float | None = None,
           aux_dim: int | None = None, aux_epochs: int | None = None, seed: int = 0, dtype: str | None = None,
           max_shard_size: str | int | None = "2GB", force: bool = False, dry_run: bool = False,
-          progress: bool = False):
-    """Give a model a new tokenizer; new embedding rows made by `method` from the old ones."""
+          progress: bool = False, fill: str | None = None):
+    """Give a model a new tokenizer; new embedding rows made by `method` from the old ones. `fill` (mean,
+    multivariate, random, zero) replaces the method's choice for the rows it makes from nothing."""
     from warmstart.vocab.transplant import transplant
 
     options = {"k": k, "temperature": temperature, "aux_dim": aux_dim, "aux_epochs": aux_epochs}
     return transplant(model, out, tokenizer, method, mode=mode, corpus=corpus, donor=donor,
                       aligned=aligned_embeddings, options=options, seed=seed, force=force, dtype=dtype,
-                      max_shard_bytes=parse_size(max_shard_size), progress=progress, dry_run=dry_run)
+                      max_shard_bytes=parse_size(max_shard_size), progress=progress, dry_run=dry_run, fill=fill)
 
 
 def tokenizer_train(corpus: Sequence, out, *, vocab_size: int, like=None, force: bool = False,

@@ -497,3 +497,51 @@ def test_tokenizer_train_like_keeps_the_kind(pair, tmp_path, capsys):
     out3 = tmp_path / "t3"
     assert_refused(["tokenizer", "train", str(empty), str(out3), "--vocab-size", "100"], out3, capsys,
                    "corpus is empty")
+
+
+# -- --fill: the registered choice for rows that no copy or combination makes ------------------------------------------
+@pytest.mark.parametrize("fill", ["mean", "random", "zero", "multivariate"])
+def test_fill_overrides_the_method_for_rows_made_from_nothing(pair, tmp_path, fill):
+    model, new_tok, _ = pair
+    out = tmp_path / fill
+    assert run_vocab(model, out, new_tok, "copy", "--fill", fill, "--seed", "5") == 0
+    old_t, new_t = load_tensors(model), load_tensors(out)
+    shared = dict(shared_ids(model, new_tok))
+    vocab = json.loads((new_tok / "tokenizer.json").read_text())["model"]["vocab"]
+    specials = {vocab[t] for t in NEW_SPECIALS.values() if t in vocab}  # copied onto their roles' old rows
+    n_new = new_t["model.embed_tokens.weight"].shape[0]
+    fresh = [i for i in range(n_new) if i not in shared and i not in specials]
+    assert len(fresh) > 20
+    record = json.loads((out / "warmstart.json").read_text())
+    assert record["fill"] == fill
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        old = old_t[name].double()
+        rows = new_t[name][fresh].double()
+        for nid, oid in shared.items():  # copies are untouched by the fill
+            assert torch.equal(new_t[name][nid], old_t[name][oid])
+        if fill == "zero":
+            assert float(rows.abs().max()) == 0.0
+        elif fill == "mean":
+            assert torch.allclose(rows, old.mean(0).expand_as(rows), atol=1e-6)
+        else:  # drawn: distinct rows, at the old rows' scale
+            assert len({tuple(r.tolist()) for r in rows}) == len(fresh)
+            ratio = float(rows.std() / old.std())
+            assert 0.5 < ratio < 2.0, ratio
+            if fill == "random":  # centred on zero, not on the old mean
+                assert float(rows.mean(0).abs().mean()) < float(old.std()) * 0.5
+
+
+def test_fill_is_seeded_and_unknown_fills_refused(pair, tmp_path, capsys):
+    model, new_tok, _ = pair
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_vocab(model, a, new_tok, "fvt", "--fill", "random", "--seed", "1") == 0
+    assert run_vocab(model, b, new_tok, "fvt", "--fill", "random", "--seed", "1") == 0
+    assert torch.equal(load_tensors(a)["lm_head.weight"], load_tensors(b)["lm_head.weight"])
+    with pytest.raises(SystemExit):  # argparse's choices
+        run_vocab(model, tmp_path / "c", new_tok, "fvt", "--fill", "gaussian")
+    from warmstart import api
+    from warmstart.errors import WarmstartError
+
+    with pytest.raises(WarmstartError, match="unknown fill of new vocabulary rows 'gaussian'"):
+        api.vocab(model, tmp_path / "d", new_tok, fill="gaussian")
+    assert not (tmp_path / "d").exists()

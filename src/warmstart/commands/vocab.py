@@ -6,7 +6,7 @@ import argparse
 
 from warmstart import api
 from warmstart.commands.common import add_output_args, emit, examples, output_options
-from warmstart.vocab.methods import METHODS
+from warmstart.vocab.methods import FILLS, METHODS
 
 
 def register(sub) -> None:
@@ -34,6 +34,10 @@ def register(sub) -> None:
                    "(default 0.1)")
     p.add_argument("--aux-dim", type=int, default=None, help="dimension of the auxiliary embeddings (default 100)")
     p.add_argument("--aux-epochs", type=int, default=None, help="FastText epochs (default 5)")
+    p.add_argument("--fill", choices=FILLS.names(), default=None,
+                   help="rows that no copy or combination makes: mean (the average row), multivariate (drawn from "
+                        "the old rows' normal, Hewitt), random (i.i.d. at the old std) or zero (default: the "
+                        "method's own: random for random, multivariate for multivariate, mean otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random fills and of FastText")
     add_output_args(p)
     p.set_defaults(func=run)
@@ -43,4 +47,4 @@ def run(args) -> int:
     return emit(args, api.vocab(args.model, args.out, args.tokenizer, method=args.method, mode=args.mode,
                                 corpus=args.corpus, donor=args.donor, aligned_embeddings=args.aligned_embeddings,
                                 k=args.k, temperature=args.temperature, aux_dim=args.aux_dim,
-                                aux_epochs=args.aux_epochs, seed=args.seed, **output_options(args)))
+                                aux_epochs=args.aux_epochs, seed=args.seed, fill=args.fill, **output_options(args)))

@@ -41,7 +41,7 @@ class Init:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     vals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    fill: str = "mean"  # "mean", "multivariate" or "random"
+    fill: str = "mean"  # a name in FILLS: what the rows no copy or combination makes get
     seed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -79,25 +79,64 @@ class Init:
         count = int(fill.sum())
         if count:
             gen = torch.Generator().manual_seed(self.seed)
-            mean = real.mean(0)
-            if self.fill == "mean":
-                out[fill] = mean
-            elif self.fill == "multivariate":
-                centered = real.double() - real.double().mean(0)
-                cov = centered.T @ centered / max(1, real.shape[0] - 1)
-                cov += torch.eye(d, dtype=torch.float64) * 1e-8 * cov.diagonal().mean()
-                chol = torch.linalg.cholesky(cov)
-                z = torch.randn(count, d, generator=gen, dtype=torch.float64)
-                out[fill] = (mean.double() + z @ chol.T).float()
-            elif self.fill == "random":
-                out[fill] = torch.randn(count, d, generator=gen) * real.std()
-            else:
-                raise ValueError(f"unknown fill {self.fill!r}")
+            out[fill] = FILLS.get(self.fill).fn(real, count, gen).float()
         out = out.to(old.dtype)
         copied = torch.from_numpy(self.source >= 0)
         if copied.any():
             out[copied] = old[torch.from_numpy(self.source[self.source >= 0])]
         return out
+
+
+# -- fills: what the rows that no copy or combination makes get (registered; `--fill` overrides a method's) ----------
+@dataclass(frozen=True)
+class Fill:
+    name: str
+    fn: Callable[..., Any]  # (old real rows [V, d] float32, count, torch.Generator) -> [count, d]
+    summary: str
+
+
+FILLS: Registry[Fill] = Registry("fill of new vocabulary rows")
+
+
+def register_fill(name: str, summary: str = ""):
+    return FILLS.decorator(name, lambda fn: Fill(name, fn, first_line(fn, summary)))
+
+
+@register_fill("mean")
+def mean_fill(real, count: int, gen):
+    """The mean of the old rows: the new token starts as an average token."""
+    return real.mean(0).expand(count, -1)
+
+
+@register_fill("multivariate")
+def multivariate_fill(real, count: int, gen):
+    """Draws from N(mean, covariance) of the old rows ("Initializing New Word Embeddings for Pretrained Language
+    Models", Hewitt): close to the average, yet distinct tokens."""
+    import torch
+
+    d = real.shape[1]
+    centered = real.double() - real.double().mean(0)
+    cov = centered.T @ centered / max(1, real.shape[0] - 1)
+    cov += torch.eye(d, dtype=torch.float64) * 1e-8 * cov.diagonal().mean()
+    chol = torch.linalg.cholesky(cov)
+    z = torch.randn(count, d, generator=gen, dtype=torch.float64)
+    return real.double().mean(0) + z @ chol.T
+
+
+@register_fill("random")
+def random_fill(real, count: int, gen):
+    """i.i.d. normal with the old rows' overall std, centred on zero: no information from the old rows."""
+    import torch
+
+    return torch.randn(count, real.shape[1], generator=gen) * real.std()
+
+
+@register_fill("zero")
+def zero_fill(real, count: int, gen):
+    """Zeros: the token contributes nothing until trained (a tied head then gives it logit 0)."""
+    import torch
+
+    return torch.zeros(count, real.shape[1])
 
 
 @dataclass

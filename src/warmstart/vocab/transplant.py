@@ -31,7 +31,7 @@ from warmstart.errors import WarmstartError
 from warmstart.plan import Plan, Ref, Step, copy_step, execute
 from warmstart.vocab.aux_embeddings import check_corpus
 from warmstart.vocab.match import TokenizerError, Vocab, load_tokenizer, match_vocabs, vocab_of
-from warmstart.vocab.methods import Context, Init, get_method
+from warmstart.vocab.methods import FILLS, Context, Init, get_method
 
 MODES = ("replace", "extend")
 ROLE_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "pad_token_id"}
@@ -48,6 +48,7 @@ class TransplantReport:
     copied: int  # rows copied bit for bit from the old model
     combined: int  # rows made as combinations of old rows
     filled: int  # rows filled (mean / drawn)
+    fill: str = "mean"  # how the filled rows were made (a name in FILLS)
     by_role: dict[str, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +69,7 @@ class TransplantReport:
         if "aux_training_s" in t:
             aux = " (cached)" if t.get("aux_cached") else f" (+ {t['aux_training_s']:.1f}s aux-embedding training)"
         return (f"{'would write' if self.dry_run else 'wrote'} {self.path}: {self.method}/{self.mode}, vocabulary {self.old_vocab} -> {self.rows} rows; "
-                f"{self.copied} copied, {self.combined} combined, {self.filled} filled; "
+                f"{self.copied} copied, {self.combined} combined, {self.filled} filled ({self.fill}); "
                 f"special roles kept: {', '.join(sorted(self.by_role)) or 'none'}; "
                 f"rows computed in {t.get('method_s', 0):.1f}s{aux}, written in {t.get('write_s', 0):.1f}s")
 
@@ -229,12 +230,16 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                mode: str = "replace", corpus: Sequence[str | Path] = (), donor: str | Path | None = None,
                aligned: tuple[str | Path, str | Path] | None = None, options: dict[str, Any] | None = None,
                seed: int = 0, force: bool = False, dtype: str | None = None, max_shard_bytes: int | None = None,
-               progress: bool = False, dry_run: bool = False) -> TransplantReport:
-    """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`."""
+               progress: bool = False, dry_run: bool = False, fill: str | None = None) -> TransplantReport:
+    """Write `model_dir` with the tokenizer `tokenizer` and its embedding rows made by `method` to `out`.
+
+    `fill` (a name in FILLS) replaces the method's own choice for the rows no copy or combination makes."""
     if mode not in MODES:
         raise WarmstartError(f"unknown mode {mode!r}; choose replace or extend")
     check_options(options or {})
     meth = get_method(method)
+    if fill is not None:
+        FILLS.get(fill)
     out = check_output(out, force, [model_dir, tokenizer, *corpus, donor, *(aligned or ())])
     model_dir = Path(model_dir)
     code = parse_user_dtype(dtype)
@@ -276,6 +281,8 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
                   aligned=aligned, options=dict(options or {}), progress=progress, seed=seed)
     t0 = time.perf_counter()
     init = meth.fn(ctx)
+    if fill is not None:
+        init.fill = fill
     method_s = time.perf_counter() - t0 - float(ctx.timings.get("aux_training_s", 0.0))
 
     present = np.array([t is not None for t in new.tokens], dtype=bool)
@@ -334,13 +341,15 @@ def transplant(model_dir: str | Path, out: str | Path, tokenizer: str | Path, me
     report = execute(plan, out, config=config, copy_files=[], force=force, dtype=code, max_shard_bytes=max_shard_bytes,
                      progress=progress, desc=f"vocab {meth.name}", finish=finish, generation_config=gen,
                      dry_run=dry_run, record={"command": "vocab", "method": meth.name, "mode": mode, "seed": seed,
+                                              "fill": init.fill,
                                               "tokenizer": str(tokenizer), "exact": False})
     write_s = time.perf_counter() - t1
     combined = int(out_init.combined().sum())
     filled = int(out_init.filled().sum())
     return TransplantReport(
         path=report.path, method=meth.name, mode=mode, old_vocab=len(old), new_vocab=len(new), rows=out_rows,
-        copied=int((out_init.source >= 0).sum()), combined=combined, filled=filled, by_role=match.by_role,
+        copied=int((out_init.source >= 0).sum()), combined=combined, filled=filled, fill=out_init.fill,
+        by_role=match.by_role,
         stats=init.stats, timings={**ctx.timings, "method_s": method_s, "write_s": write_s},
         tensors_computed=sorted(vocab_tensors), dry_run=dry_run,
     )
