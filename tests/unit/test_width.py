@@ -436,3 +436,58 @@ def test_cli_bad_width_exit_2_and_no_output(tiny_llama, tmp_path, capsys, argv):
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert err.startswith("warmstart: error: ") and err.count("\n") == 1
+
+
+# -- fresh-units: extra units drawn where written, zero where read ------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fresh_units_are_exact_and_not_copies(tmp_path, family):
+    src = build_tiny(family, tmp_path / "src")
+    d = open_model(src).dims
+    # GPT-2 and BERT tie the head size to hidden / heads, so more heads would mean a wider residual stream
+    heads = dict(heads=d.heads * 2, kv_heads=d.kv_heads * 2) if family == "llama" else {}
+    t = _grow(src, tmp_path / "out", "fresh-units", intermediate=d.intermediate + 24, seed=3, **heads)
+    assert t.exact is True
+    ids = _ids(4)
+    assert _rel(_outputs(src, family, ids), _outputs(tmp_path / "out", family, ids)) < 1e-5
+    model, s, o = open_model(src), _tensors(src), _tensors(tmp_path / "out")
+    conv = model.family.conv1d
+
+    def linear(name, tensors):  # [out, in]
+        w = tensors[name]
+        return w.t() if conv else w
+
+    layout = model.layout
+    fused = layout.has("attn.qkv.weight", 0)
+    up_role = "mlp.up.weight" if layout.has("mlp.up.weight", 0) else "mlp.gate_up.weight"
+    up, down = layout.name(up_role, 1), layout.name("mlp.down.weight", 1)
+    new_up, old_up = linear(up, o)[d.intermediate:], linear(up, s)
+    # the old units are untouched, the new ones drawn at the source's scale and unlike any old unit
+    assert torch.equal(linear(up, o)[:d.intermediate], old_up[:d.intermediate])
+    assert 0.5 < float(new_up.std() / old_up.std()) < 2.0
+    assert float(torch.cdist(new_up.float(), old_up.float()).min()) > 1e-3
+    assert float(linear(down, o)[:, d.intermediate:].abs().max()) == 0.0
+    assert torch.equal(linear(down, o)[:, :d.intermediate], linear(down, s))
+    if not heads:
+        return
+    o_name = layout.name("attn.o.weight", 0)
+    width = d.heads * d.head_dim
+    assert float(linear(o_name, o)[:, width:].abs().max()) == 0.0
+    if not fused:
+        q = layout.name("attn.q.weight", 0)
+        assert torch.equal(linear(q, o)[:width], linear(q, s))
+        assert float(linear(q, o)[width:].abs().max()) > 0
+
+
+def test_fresh_units_refusals(tiny_llama, tmp_path):
+    model = open_model(tiny_llama)
+    with pytest.raises(WarmstartError, match="keeps the hidden size"):
+        registry.apply(model, "fresh-units", hidden=48)
+    with pytest.raises(WarmstartError, match="group size"):
+        registry.apply(model, "fresh-units", heads=8, kv_heads=2)  # 4 over 2 -> 8 over 2
+    from warmstart import tiny_families
+
+    olmo = open_model(tiny_families.build("olmo2", tmp_path / "olmo2"))
+    with pytest.raises(WarmstartError, match="query/key norm runs over all heads"):
+        registry.apply(olmo, "fresh-units", heads=olmo.dims.heads * 2, kv_heads=olmo.dims.kv_heads * 2)
+    t = registry.apply(olmo, "fresh-units", intermediate=olmo.dims.intermediate * 2)  # the MLP alone is fine
+    assert t.exact is True

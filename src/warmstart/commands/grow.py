@@ -28,7 +28,7 @@ def width_methods() -> list[str]:
 def register(sub) -> None:
     p = sub.add_parser(
         "grow", help="grow a model in depth (stack, interleave, dus, expand, --layer-map) and/or width "
-                     "(hyperclone, net2net, aki); width first, then depth, in one streaming pass",
+                     "(hyperclone, net2net, aki, fresh-units); width first, then depth, in one streaming pass",
         description="Grow a model. Depth: --layers N with --depth-method, or --layer-map. Width: --width-method "
                     "with target sizes or --width-mult. Both in one command run as a chain (width, then depth).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

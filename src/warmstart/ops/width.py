@@ -442,6 +442,7 @@ class WidthSpec:
     noise_snr_db: float | None = None
     seed: int = 0
     next_layer_rows: bool = False  # AKI: fresh output units from the next layer's tensor
+    fresh_units: bool = False  # extra units drawn at random where written, zero where read (see fresh_units.py)
     notes: list[str] = field(default_factory=list)
     embed_factor: float = 1.0  # stored embedding multiplied by this (the model's own multiplier changed)
     # Per-block overrides of the intermediate/head/KV maps (importance pruning keeps different
@@ -479,6 +480,8 @@ def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Se
         outs = []
         for xs_part, axes, k in pieces:
             y = transform(xs_part[0], axes, maps)
+            if spec.fresh_units:
+                y = draw_fresh_units(y, xs_part[0], axes, maps, _noise_seed(spec.seed, name, k))
             if len(xs_part) > 1:
                 y = _rows_from(y, transform(xs_part[1], axes, maps), _fresh_rows(axes, maps))
             if spec.noise_snr_db is not None:
@@ -490,6 +493,31 @@ def tensor_fn(role: str, name: str, transposed: bool, spec: WidthSpec, parts: Se
         return _logical(y, transposed).contiguous()
 
     return compute
+
+
+def draw_fresh_units(y, x, axes, maps, seed: int):
+    """`y` with its extra units made fresh: rows written for them drawn i.i.d. normal at the source tensor's std
+    (biases zero), columns reading them zero, so nothing downstream sees them until they are trained."""
+    import torch
+
+    for dim, ax in enumerate(axes):
+        if ax is None:
+            continue
+        m = maps[ax[0]]
+        mask = torch.tensor(m.fresh(), dtype=torch.bool).repeat_interleave(m.unit)
+        if not bool(mask.any()):
+            continue
+        idx = mask.nonzero().squeeze(1)
+        y = y.clone() if y is x else y
+        if ax[1] == IN or y.dim() == 1:
+            y = y.index_fill(dim, idx, 0.0)
+        else:
+            shape = list(y.shape)
+            shape[dim] = len(idx)
+            gen = torch.Generator().manual_seed(seed)
+            std = float(x.float().std()) if x.numel() > 1 else 0.0
+            y = y.index_copy(dim, idx, (torch.randn(shape, generator=gen) * std).to(y.dtype))
+    return y
 
 
 def add_pair_noise(x, axes, maps, snr_db: float, seed: int):
