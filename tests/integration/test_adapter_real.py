@@ -41,3 +41,29 @@ def test_residual_plus_adapter_gives_the_source_logits(smollm2_dir, real_text, t
     with torch.no_grad(), model.disable_adapter():
         residual_only = model(input_ids=ids).logits.double()
     assert float((residual_only - reference).abs().max() / reference.abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("method", ["pissa", "eva"])
+def test_encoder_adapter_on_all_minilm(minilm_dir, real_text, tmp_path, method):
+    """all-MiniLM-L6-v2 is a BertModel checkpoint without an LM head: the adapter is made and loaded on AutoModel,
+    and residual + adapter (or the zero-product adapter on the source) gives the source's hidden states."""
+    from peft import PeftModel
+
+    out = tmp_path / method
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(real_text)
+    argv = ["adapter", str(minilm_dir), str(out), "--method", method, "--rank", "8", "--quiet"]
+    if method == "eva":
+        argv += ["--corpus", str(corpus), "--batches", "2", "--batch-size", "2", "--seq-len", "64"]
+    assert main(argv) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+    batch = tok([real_text[:400], real_text[400:800]], return_tensors="pt", padding=True)
+    base_dir = out / "base" if method == "pissa" else minilm_dir
+    with torch.no_grad():
+        reference = transformers.AutoModel.from_pretrained(str(minilm_dir)).eval()(**batch).last_hidden_state
+        model = PeftModel.from_pretrained(transformers.AutoModel.from_pretrained(str(base_dir)),
+                                          str(out / "adapter")).eval()
+        got = model(**batch).last_hidden_state
+    err = float((got.double() - reference.double()).abs().max() / reference.double().abs().max())
+    assert err < 1e-4, err
+    assert len([k for k in model.state_dict() if "lora_A" in k]) == 12  # query and value of 6 layers
