@@ -331,7 +331,7 @@ class TokenizerResult:
 
 def adapter(model, out, *, method: str = "default", rank: int = 8, alpha: float | None = None,
             target_modules: Sequence[str] | None = None, corpus: Sequence = (), batches: int = 8, batch_size: int = 4,
-            seq_len: int = 128, seed: int = 0, force: bool = False, **options):
+            seq_len: int = 128, seed: int = 0, force: bool = False, dtype: str | None = None, **options):
     """A LoRA adapter initialized by `method` (PEFT's, or NLoRA / LoRA-SB / init-b), and the residual base if the
     method moves weights into the adapter. `options`: nlora_oversample, sb_lr, sb_rule, corda_mode."""
     from warmstart.adapter import AdapterSpec, initialize
@@ -343,7 +343,7 @@ def adapter(model, out, *, method: str = "default", rank: int = 8, alpha: float 
     unknown = sorted(set(options) - {"nlora_oversample", "sb_lr", "sb_rule", "corda_mode"})
     if unknown:
         raise WarmstartError(f"unknown adapter option {unknown[0]!r}")
-    return initialize(model, out, spec, force=force)
+    return initialize(model, out, spec, force=force, dtype=dtype)
 
 
 @dataclass

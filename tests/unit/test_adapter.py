@@ -560,3 +560,37 @@ def test_corpus_folder_is_read_recursively(setup, tmp_path):
                  "--corpus", str(tmp_path / "texts"), "--batches", "2", "--batch-size", "2", "--seq-len", "16"]) == 0
     meta = json.loads((out / "warmstart_adapter.json").read_text())
     assert meta["calibration"]["files"] == 1 and meta["calibration"]["batches"] == 2
+
+
+def test_half_precision_source_gets_an_exact_fp32_residual(setup, tmp_path):
+    """A bf16 residual rounds every adapted weight by ~eps(bf16) = 4e-3: by default the residual base is fp32 and
+    residual + adapter is the bf16 source to fp32 rounding; --dtype bf16 gives the smaller, rounded base."""
+    from safetensors import safe_open
+
+    source = tmp_path / "bf16"
+    assert main(["convert", str(setup[0]), str(source), "--dtype", "bf16", "--quiet"]) == 0
+    exact, rounded = tmp_path / "exact", tmp_path / "rounded"
+    assert main(["adapter", str(source), str(exact), "--method", "pissa", "--rank", "4", "--quiet"]) == 0
+    assert main(["adapter", str(source), str(rounded), "--method", "pissa", "--rank", "4", "--quiet",
+                 "--dtype", "bf16"]) == 0
+    assert json.loads((exact / "base" / "config.json").read_text())["torch_dtype"] == "float32"
+    assert json.loads((rounded / "base" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    src = load_tensors(source / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    def rebuilt(out):
+        with safe_open(str(out / "base" / "model.safetensors"), "pt") as f:
+            residual = f.get_tensor(name).double()
+        factors = load_tensors(out / "adapter" / "adapter_model.safetensors")
+        key = "base_model.model." + name[: -len(".weight")]
+        b, a = factors[f"{key}.lora_B.weight"].double(), factors[f"{key}.lora_A.weight"].double()
+        return residual + b @ a  # alpha = rank: scaling 1
+
+    reference = src[name].double()
+    assert rel(rebuilt(exact), reference) < 1e-5
+    assert 1e-4 < rel(rebuilt(rounded), reference) < 2e-2
+    ids = torch.arange(3, 40).view(1, -1)
+    from transformers import AutoModelForCausalLM
+
+    expected = logits_of(AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32), ids)
+    assert rel(logits_of(peft_on(exact / "base", exact / "adapter"), ids), expected) < 1e-4

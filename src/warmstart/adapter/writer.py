@@ -34,6 +34,7 @@ from pathlib import Path
 from warmstart.adapter import config as cfg
 from warmstart.adapter import methods as registry
 from warmstart.checkpoint.atomic import atomic_directory, check_output
+from warmstart.checkpoint.dtypes import code_to_torch, parse_user_dtype
 from warmstart.errors import WarmstartError
 
 META = "warmstart_adapter.json"
@@ -155,8 +156,12 @@ def attach(model, spec: cfg.AdapterSpec, target_modules: list[str], batches=None
         raise WarmstartError(f"PEFT could not initialize {spec.method}: {first}", where) from err
 
 
-def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) -> AdapterReport:
-    """Initialize a LoRA adapter on `model_dir` with `spec.method`; write OUT/adapter (and OUT/base)."""
+def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False, dtype: str | None = None) -> AdapterReport:
+    """Initialize a LoRA adapter on `model_dir` with `spec.method`; write OUT/adapter (and OUT/base).
+
+    `dtype` (fp32, bf16, fp16): load and compute in it, and write the residual base in it. Default: the
+    checkpoint's, except that a method moving weights out of a bf16/fp16 checkpoint computes and writes the
+    residual base in fp32, since a half-precision residual rounds away the exactness (--dtype bf16 to keep it)."""
     from warmstart.adapter.data import calibration_batches, load_tokenizer
 
     model_dir, out = Path(model_dir), Path(out)
@@ -165,7 +170,12 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
     if method.needs_corpus:
         load_tokenizer(model_dir)  # refuse a model without a tokenizer before loading the weights
     t_start = time.perf_counter()
-    model = load_model(ckpt)
+    code = parse_user_dtype(dtype)
+    half = next((t.dtype for t in targets if t.dtype in ("BF16", "F16")), None)
+    widened = code is None and method.moves_base and method.exact and half is not None
+    if widened:  # a half-precision residual would round away the exactness: fp32 unless asked otherwise
+        code = "F32"
+    model = load_model(ckpt, dtype="auto" if code is None else code_to_torch(code))
     model.eval()
     batches = None
     if method.needs_corpus:
@@ -176,6 +186,9 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
     error = check_factors(ckpt, peft_model, spec, method)
     if error is not None:
         ctx.notes.append(f"residual base + adapter = source: largest relative difference {error:.2e}")
+    if widened:
+        ctx.notes.append(f"the residual base is written in fp32 so that residual + adapter is the {half.lower()} "
+                         f"source exactly; --dtype {half.lower()} writes it in {half.lower()}, rounded")
     trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     report = AdapterReport(out, spec.method, len(targets), trainable, method.moves_base, ctx.timings, ctx.notes)
     calibration = ({"files": len(spec.corpus), "batches": len(batches), "batch_size": spec.batch_size,
@@ -187,7 +200,7 @@ def initialize(model_dir, out, spec: cfg.AdapterSpec, *, force: bool = False) ->
             # AutoPeftModel loads the base named here: it must be the residual, never the source
             set_base_path(tmp / "adapter", str(out.resolve() / "base"))
         if method.moves_base:
-            write_residual_base(ckpt, peft_model, tmp / "base")
+            write_residual_base(ckpt, peft_model, tmp / "base", dtype=code)
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
@@ -306,26 +319,36 @@ def residual_weights(ckpt, peft_model) -> dict[str, object]:
             for name, layer in registry.lora_layers(peft_model)}
 
 
-def write_residual_base(ckpt, peft_model, path: Path) -> None:
-    """The source checkpoint with the adapted matrices replaced by their residuals, streamed tensor by tensor."""
-    from warmstart.checkpoint.writer import OutputTensor, write_model
+def write_residual_base(ckpt, peft_model, path: Path, dtype: str | None = None) -> None:
+    """The source checkpoint with the adapted matrices replaced by their residuals, streamed tensor by tensor.
+
+    A plan like every other output: untouched tensors are copied file to file, the residuals come from the PEFT
+    model; `dtype` (a safetensors code) casts every floating tensor through the plan's one cast path."""
+    from warmstart.plan import Plan, Step, copy_step, execute
 
     residual = residual_weights(ckpt, peft_model)
     missing = [n for n in residual if n not in ckpt]
     if missing:
         raise RuntimeError(f"adapted modules without a checkpoint tensor: {missing[:3]}")
-    tensors = []
-    for name, info in ckpt.tensors.items():
+    plan = Plan([ckpt])
+    for name in ckpt.names():
         if name in residual:
-            value = residual[name]
-            tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), compute=lambda v=value: v.detach()))
+            info = ckpt.info(name)
+            plan.add(Step(name, tuple(info.shape), info.dtype, (), _Residual(residual[name]),
+                          note="residual of the adapted matrix"))
         else:
-            src = ckpt.byte_range(name)
-            if src is not None:
-                tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), copy_from=src))
-            else:
-                tensors.append(OutputTensor(name, info.dtype, tuple(info.shape), compute=lambda n=name: ckpt.get(n)))
-    write_model(path, tensors, config=dict(ckpt.config), copy_files=ckpt.extra_files())
+            plan.add(copy_step(0, ckpt, name))
+    execute(plan, path, config=dict(ckpt.config), copy_files=ckpt.extra_files(), dtype=dtype)
+
+
+class _Residual:
+    """A plan function with no inputs: the residual weight as the PEFT model holds it."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def __call__(self):
+        return self.weight.detach()
 
 
 # -- export ------------------------------------------------------------------------

@@ -46,6 +46,9 @@ def register(sub) -> None:
                    help="instead of initializing: write OUT as plain LoRA against MODEL (needs --initial)")
     p.add_argument("--initial", metavar="DIR", help="--export: the output of an earlier `warmstart adapter`")
     p.add_argument("--trained", metavar="DIR", help="--export: the trained adapter (default: DIR/adapter as initialized)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="load, compute and write the residual base in this dtype (default: the checkpoint's, but fp32 "
+                        "for the residual base of a bf16/fp16 checkpoint, which keeps residual + adapter exact)")
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars (transformers' included)")
     add_json(p)
@@ -65,5 +68,5 @@ def run(args) -> int:
                              target_modules=args.target_modules, corpus=args.corpus, batches=args.batches,
                              batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, force=args.force,
                              nlora_oversample=args.nlora_oversample, sb_lr=args.sb_lr, sb_rule=args.sb_rule,
-                             corda_mode=args.corda_mode)
+                             corda_mode=args.corda_mode, dtype=args.dtype)
     return emit(args, result)
