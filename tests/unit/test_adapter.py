@@ -594,3 +594,27 @@ def test_half_precision_source_gets_an_exact_fp32_residual(setup, tmp_path):
 
     expected = logits_of(AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32), ids)
     assert rel(logits_of(peft_on(exact / "base", exact / "adapter"), ids), expected) < 1e-4
+
+
+def test_eva_stops_after_its_forward_budget(setup):
+    """PEFT's EVA loops until every layer converges, without a bound; the wrapper stops it after a budget of
+    forward passes and keeps the estimate so far (here after one forward, when nothing can have converged)."""
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.adapter import AdapterSpec
+    from warmstart.adapter.data import calibration_batches
+    from warmstart.adapter.writer import attach
+
+    model_dir, corpus, _ = setup
+    batches = calibration_batches(model_dir, [corpus], 2, 2, 16)
+    spec = AdapterSpec(method="eva", rank=2, target_modules=["q_proj", "v_proj"], options={"eva_max_forwards": 1})
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft_model, ctx = attach(model, spec, ["q_proj", "v_proj"], batches)
+    assert ctx.timings["eva_forwards"] == 1
+    assert any("had not converged after 1 forward" in n for n in ctx.notes), ctx.notes
+    a = [p for n, p in peft_model.named_parameters() if "lora_A" in n]
+    assert len(a) == 4 and all(float(p.abs().max()) > 0 for p in a)  # A holds the estimated components
+    unbounded = attach(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32),
+                       AdapterSpec(method="eva", rank=2, target_modules=["q_proj", "v_proj"]),
+                       ["q_proj", "v_proj"], batches)[1]
+    assert 1 < unbounded.timings["eva_forwards"] < 400 and not any("converged" in n for n in unbounded.notes)

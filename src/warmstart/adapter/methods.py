@@ -182,6 +182,31 @@ def olora_method(ctx: Context):
     return peft_model(ctx, lora_config(ctx, "olora"))
 
 
+class EvaLimit:
+    """PEFT's EVA cycles over the calibration batches until every layer's components converge, with no bound:
+    with few batches and many layers some components oscillate for hundreds of passes (all-linear on SmolLM2,
+    two batches: 13 layers still moving after 200 forwards). After `limit` forwards the remaining layers are
+    declared converged, which makes PEFT keep their current estimate and stop."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.calls = 0
+        self.stopped = 0
+
+    def __call__(self, model, inputs):
+        from peft.tuners.lora.eva import _Hook
+
+        if self.calls > self.limit:  # the first call is PEFT's pass that hashes the layers' inputs
+            hooks = [h for m in model.modules() for h in m._forward_hooks.values() if isinstance(h, _Hook)]
+            moving = [h for h in hooks if hasattr(h, "converged") and not bool(h.converged.all())]
+            self.stopped = max(self.stopped, len(moving))
+            for h in moving:
+                h.converged[:] = True
+            return None
+        self.calls += 1
+        return model(**inputs)
+
+
 @register("eva", needs_corpus=True)
 def eva_method(ctx: Context):
     """EVA: A from the right singular vectors of each layer's inputs on the corpus, B zero (PEFT)."""
@@ -193,11 +218,17 @@ def eva_method(ctx: Context):
     config = lora_config(ctx, "eva", eva_config=EvaConfig(rho=float(ctx.option("eva_rho", 1.0))))
     model = peft_model(ctx, config)
     t0 = time.perf_counter()
+    limit = EvaLimit(int(ctx.option("eva_max_forwards", 0)) or max(400, 50 * len(ctx.batches)))
     try:
         with torch.inference_mode():
-            state = get_eva_state_dict(model, dataloader=ctx.batches, show_progress_bar=False)
+            state = get_eva_state_dict(model, dataloader=ctx.batches, forward_fn=limit, show_progress_bar=False)
     except IndexError:  # PEFT's hook found a target layer that no batch reached
         raise unreached("eva") from None
+    ctx.timings["eva_forwards"] = float(max(0, limit.calls - 1))
+    if limit.stopped:
+        ctx.notes.append(f"eva: {limit.stopped} of the adapted layers had not converged after {limit.calls - 1} "
+                         "forward passes; they keep the components estimated so far (more --batches converge "
+                         "faster)")
     state = {k: v.clone() for k, v in state.items()}  # out of inference mode, so the factors can be trained
     initialize_lora_eva_weights(model, eva_state_dict=state, show_progress_bar=False)
     _data_time(ctx, "EVA layer-input SVD", t0)
