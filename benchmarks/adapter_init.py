@@ -23,6 +23,7 @@ final held-out loss over seeds):
 Run (the third run of docs/adapter.md; one process per rate, merged with --resume):
     nice -n 10 python benchmarks/adapter_init.py --steps 40 --eval-every 5 --lrs 1e-3 --seeds 3 \
         --batch-size 4 --seq-len 32 --eval-seqs 24 --calib-batches 2 --out lr1e-3.json
+The fourth run adds --rank 16 --targets q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.
 """
 
 from __future__ import annotations
