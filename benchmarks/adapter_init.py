@@ -2,12 +2,13 @@
 
 Every registered initialization (PEFT's and the ones warmstart adds) starts
 from the same base (SmolLM2-135M-Instruct, fetched by warmstart.assets), at
-the same rank and target modules, on the same token stream: the Python
-standard library's own source files of the running interpreter (a domain the
-instruction-tuned model was not tuned for). Each (method, learning rate,
-seed) trains the same number of AdamW steps on the same batches (the batch
-order depends on the seed only); held-out loss (files the training never
-sees) is measured every --eval-every steps.
+the same rank and target modules, on the same token stream: Shakespeare's
+plays (--corpus shakespeare, the default) or the Python standard library's
+own source files (--corpus stdlib), domains the instruction-tuned model was
+not tuned for. Each (method, learning rate, seed) trains the same number of
+AdamW steps on the same batches (the batch order depends on the seed only);
+held-out loss (text the training never sees) is measured every --eval-every
+steps.
 
 Reported per method, at its best learning rate of the grid (lowest median
 final held-out loss over seeds):
