@@ -33,6 +33,13 @@ def word_corpus(folder: Path, docs: int = 3, lines: int = 150, seed: int = 0) ->
     return folder
 
 
+def bench_checkpoint(path: Path) -> Path:
+    """A tiny untied Llama of the bench test recipes' target shape and vocabulary (300): an existing checkpoint."""
+    return build_tiny("llama", path, vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                      tie_word_embeddings=False)
+
+
 def _save(model, path: Path) -> Path:
     model.save_pretrained(str(path), safe_serialization=True)
     return path

@@ -22,13 +22,11 @@ STEPS = 8
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     """A corpus, an existing checkpoint of the target's shape, and a recipe with a 2-point grid and 1 seed."""
-    from tests.conftest import build_tiny, word_corpus
+    from tests.conftest import bench_checkpoint, word_corpus
 
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
     corpus = word_corpus(tmp_path / "corpus")
-    build_tiny("llama", tmp_path / "ckpt", vocab_size=300, hidden_size=16, intermediate_size=32,
-               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-               tie_word_embeddings=False)
+    bench_checkpoint(tmp_path / "ckpt")
     data = {
         "name": "grid",
         "corpus": [str(corpus)],

@@ -40,15 +40,13 @@ def recipe(corpus) -> dict:
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    from tests.conftest import build_tiny, word_corpus
+    from tests.conftest import bench_checkpoint, word_corpus
 
     monkeypatch.setenv("WARMSTART_CACHE", str(tmp_path / "cache"))
     corpus = word_corpus(tmp_path / "corpus")
 
     # An existing checkpoint of the target's shape and the recipe's vocabulary (300), relative to the recipe.
-    build_tiny("llama", tmp_path / "ckpt", vocab_size=300, hidden_size=16, intermediate_size=32,
-               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-               tie_word_embeddings=False)
+    bench_checkpoint(tmp_path / "ckpt")
     data = recipe(corpus)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
